@@ -1,0 +1,137 @@
+"""Lowering: turn a schedule into one PyTorch module whose forward is the multi-task graph.
+
+The module holds the base model once and one small module per task (its tuned blocks and its
+head). Fork, merge and split are submodules with readable names; the exported ONNX nodes keep
+those names in their scope, which the clean-up pass uses to name them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from subtune.compiler.schedule import Fork, Merge, RunBlock, Schedule
+from subtune.formats import TaskDelta
+from subtune.models import Backbone
+
+
+def task_blocks(task: TaskDelta, backbone: Backbone) -> nn.ModuleList:
+    """Copies of the base blocks carrying the task's weights."""
+    blocks = nn.ModuleList()
+    for b in task.blocks:
+        block = copy.deepcopy(backbone.blocks[b - 1])
+        block.load_state_dict(task.block_state[str(b)], strict=True)
+        blocks.append(block.eval())
+    return blocks
+
+
+def task_head(task: TaskDelta) -> nn.Linear:
+    w = task.head["weight"]
+    head = nn.Linear(w.shape[1], w.shape[0])
+    head.load_state_dict({"weight": w, "bias": task.head["bias"]})
+    return head.eval()
+
+
+class TaskBranch(nn.Module):
+    def __init__(self, task: TaskDelta, backbone: Backbone):
+        super().__init__()
+        self.first = task.first
+        self.siamese = task.siamese
+        self.blocks = task_blocks(task, backbone)
+        self.head = task_head(task)
+
+    def block(self, number: int) -> nn.Module:
+        return self.blocks[number - self.first]
+
+
+class ForkStream(nn.Module):
+    """Take the base chunk (chunk 0 of `chunks`) of the shared stream."""
+
+    def __init__(self, chunks: int):
+        super().__init__()
+        self.chunks = chunks
+
+    def forward(self, shared: torch.Tensor) -> torch.Tensor:
+        if self.chunks == 1:
+            return shared
+        # Reshape to [chunks, batch, ...] and pick 0: no batch size is baked into the graph.
+        return shared.view((self.chunks, -1) + tuple(shared.shape[1:]))[0]
+
+
+class MergeStreams(nn.Module):
+    """Concatenate streams on the batch axis."""
+
+    def forward(self, *streams: torch.Tensor) -> torch.Tensor:
+        return torch.cat(streams, dim=0)
+
+
+class SplitStreams(nn.Module):
+    """Split the final features into equal per-stream chunks."""
+
+    def __init__(self, chunks: int):
+        super().__init__()
+        self.chunks = chunks
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.chunks == 1:
+            return (features,)
+        return features.unflatten(0, (self.chunks, -1)).unbind(0)
+
+
+class MultiTaskModel(nn.Module):
+    """images -> (base logits, task 0 logits, task 1 logits, ...)."""
+
+    def __init__(self, base_model: nn.Module, backbone: Backbone, tasks: list[TaskDelta], schedule: Schedule):
+        super().__init__()
+        self.base = base_model
+        self.backbone = backbone  # views into self.base; not a module attribute of its own
+        self.tasks = nn.ModuleList(TaskBranch(t, backbone) for t in tasks)
+        self.schedule = schedule
+        self.forks = nn.ModuleDict()
+        self.merges = nn.ModuleDict()
+        chunks = 1
+        for step in schedule.steps:
+            if isinstance(step, Fork):
+                self.forks[f"fork_{tasks[step.task].name}_before_block{step.block}"] = ForkStream(chunks)
+            elif isinstance(step, Merge):
+                self.merges[f"merge_after_block{step.after_block}"] = MergeStreams()
+                chunks += len(step.tasks)
+        self.final_merge = MergeStreams()
+        self.split_heads = SplitStreams(len(schedule.final_chunks))
+        self._fork_names = list(self.forks)
+        self._merge_names = list(self.merges)
+
+    def __setattr__(self, name, value):
+        if name == "backbone":  # keep the Backbone out of the module tree (its parts live in self.base)
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        bb = self.backbone
+        shared = bb.stem(images)
+        streams: dict[int, torch.Tensor] = {}
+        forks, merges = iter(self._fork_names), iter(self._merge_names)
+        for step in self.schedule.steps:
+            if isinstance(step, Fork):
+                streams[step.task] = self.forks[next(forks)](shared)
+            elif isinstance(step, RunBlock):
+                if step.task is None:
+                    shared = bb.blocks[step.block - 1](shared)
+                else:
+                    streams[step.task] = self.tasks[step.task].block(step.block)(streams[step.task])
+            else:
+                shared = self.merges[next(merges)](shared, *(streams.pop(t) for t in step.tasks))
+        ending = [streams.pop(t) for t in self.schedule.final_chunks if t is not None and t in streams]
+        if ending:
+            shared = self.final_merge(shared, *ending)
+        features = self.split_heads(bb.neck(shared))
+        by_stream = dict(zip(self.schedule.final_chunks, features))
+        base_features = by_stream[None]
+        outputs = [bb.classifier(base_features)]
+        for t, branch in enumerate(self.tasks):
+            f = by_stream[t]
+            outputs.append(branch.head(torch.cat([base_features, f], dim=1) if branch.siamese else f))
+        return tuple(outputs)

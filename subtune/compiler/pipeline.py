@@ -1,0 +1,141 @@
+"""The compiler, top to bottom: base file + task deltas -> one verified multi-task ONNX graph.
+
+    validate   the files fit together (fingerprints, block ranges, shapes, names)
+    schedule   fork / block / merge / split order for the task ranges
+    lower      one PyTorch module running that schedule
+    export     torch.export -> ONNX (onnx-ir), dynamic batch
+    clean up   ONNX passes: readable stream-node names, no exporter debris, metadata
+    check      TensorRT parser compatibility (static, runs everywhere)
+    verify     ONNX Runtime vs PyTorch eager at batch 1 and another batch size
+
+Each step fills in a field of the Plan; `compile_plan` is the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+import torch
+
+import subtune
+from subtune.compiler.export import export_onnx
+from subtune.compiler.lower import MultiTaskModel
+from subtune.compiler.plan import Plan
+from subtune.compiler.schedule import Fork, schedule_streams
+from subtune.compiler.verify import checks_to_json, verify
+from subtune.errors import SubtuneError
+from subtune.formats import validate_task
+from subtune.passes import AttachMetadataPass, CheckTensorRTCompatPass, NameStreamNodesPass, StripExportMetadataPass
+
+
+@dataclass
+class CompileOptions:
+    verify: bool = True
+    verify_batches: tuple[int, ...] = (1, 5)
+    tolerance: float = 1e-4
+    seed: int = 0
+    check_tensorrt: bool = True
+    on_step: object = field(default=None)  # callable(step_name) for progress display
+
+
+def compile_plan(plan: Plan, options: CompileOptions | None = None) -> Plan:
+    options = options or CompileOptions()
+    steps = [("validate", validate), ("schedule", schedule), ("lower", lower), ("export", export),
+             ("clean up", clean_up), ("check TensorRT compatibility", check_tensorrt)]
+    if not options.check_tensorrt:
+        steps.pop()
+    if options.verify:
+        steps.append(("verify", verify_plan))
+    timings = plan.report.setdefault("seconds", {})
+    for name, step in steps:
+        if options.on_step:
+            options.on_step(name)
+        start = time.perf_counter()
+        step(plan, options)
+        timings[name] = round(time.perf_counter() - start, 3)
+    return plan
+
+
+def validate(plan: Plan, options: CompileOptions) -> None:
+    _, plan.backbone = plan.base.build()
+    seen: dict[str, str] = {}
+    for task in plan.tasks:
+        validate_task(task, plan.base, plan.backbone)
+        if task.name in seen:
+            raise SubtuneError(f"two tasks are named {task.name!r} ({seen[task.name]} and {task.path}): "
+                               "output names must be unique; rename one")
+        seen[task.name] = task.path or task.name
+    plan.input_size = plan.input_size or _input_size(plan)
+
+
+def _input_size(plan: Plan) -> tuple[int, int]:
+    sizes = {tuple(t.meta["preprocess"]["image_size"]) for t in plan.tasks
+             if isinstance(t.meta.get("preprocess"), dict) and "image_size" in t.meta["preprocess"]}
+    if len(sizes) > 1:
+        raise SubtuneError(f"tasks were trained at different image sizes {sorted(sizes)}: one graph takes one size; "
+                           "retrain or pass --image-size")
+    return tuple(int(x) for x in sizes.pop()) if sizes else plan.base.input_size
+
+
+def schedule(plan: Plan, options: CompileOptions) -> None:
+    plan.schedule = schedule_streams([(t.first, t.last) for t in plan.tasks], plan.backbone.num_blocks)
+    plan.report["schedule"] = plan.schedule.describe()
+
+
+def lower(plan: Plan, options: CompileOptions) -> None:
+    base_model, backbone = plan.base.build()  # a fresh copy: the module owns it
+    plan.backbone = backbone
+    plan.module = MultiTaskModel(base_model, backbone, plan.tasks, plan.schedule).eval()
+
+
+def export(plan: Plan, options: CompileOptions) -> None:
+    example = torch.randn(plan.export_batch, 3, *plan.input_size, generator=torch.Generator().manual_seed(0))
+    plan.onnx = export_onnx(plan.module, example, plan.output_names)
+
+
+def clean_up(plan: Plan, options: CompileOptions) -> None:
+    forks = {s.task: f"fork_{plan.tasks[s.task].name}_before_block{s.block}"
+             for s in plan.schedule.steps if isinstance(s, Fork)}
+    passes = ir.passes.Sequential(
+        NameStreamNodesPass(forks),
+        StripExportMetadataPass(),
+        AttachMetadataPass(_metadata(plan)),
+    )
+    plan.onnx = passes(plan.onnx).model
+
+
+def _metadata(plan: Plan) -> dict[str, object]:
+    meta: dict[str, object] = {
+        "subtune.version": subtune.__version__,
+        "subtune.arch": plan.base.arch,
+        "subtune.base_fingerprint": plan.base.fingerprint,
+        "subtune.input_size": list(plan.input_size),
+        "subtune.outputs": plan.output_names,
+        "subtune.tasks": [{"name": t.name, "blocks": [t.first, t.last], "siamese": t.siamese,
+                           "classes": t.classes, "num_classes": t.num_classes} for t in plan.tasks],
+    }
+    pre = {t.name: t.meta["preprocess"] for t in plan.tasks if "preprocess" in t.meta}
+    if pre:
+        meta["subtune.preprocess"] = pre
+    return meta
+
+
+def check_tensorrt(plan: Plan, options: CompileOptions) -> None:
+    CheckTensorRTCompatPass(raise_on_error=True)(plan.onnx)
+    plan.report["tensorrt_compatible"] = True
+
+
+def verify_plan(plan: Plan, options: CompileOptions) -> None:
+    base_model, backbone = plan.base.build()
+    batches = tuple(options.verify_batches)
+    if all(b == plan.export_batch for b in batches):
+        raise SubtuneError(f"verify at a batch size other than the export's ({plan.export_batch})")
+    checks = verify(serialize(plan), base_model, backbone, plan.tasks, plan.output_names,
+                    input_size=plan.input_size, batches=batches, tolerance=options.tolerance, seed=options.seed)
+    plan.report["verification"] = {"tolerance": options.tolerance, "checks": checks_to_json(checks)}
+
+
+def serialize(plan: Plan) -> bytes:
+    return ir.to_proto(plan.onnx).SerializeToString()

@@ -1,0 +1,261 @@
+"""The two file formats subtune reads and writes: a base model and a task delta.
+
+Both are plain dicts of tensors and built-in types, saved with `torch.save` and read with
+`torch.load(path, weights_only=True)`, so loading a file never runs code. The contract is
+documented in README.md ("File formats"); bump the `/N` suffix on any incompatible change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from subtune.atomic import atomic_path
+from subtune.errors import SubtuneError
+from subtune.models import Backbone, build_model, get_adapter
+
+BASE_FORMAT = "subtune.base/1"
+TASK_FORMAT = "subtune.task/1"
+TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+RESERVED_NAMES = {"base", "images"}
+
+
+def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, shape, dtype and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_dict(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """torch.load with weights_only=True, turning every way a file can be wrong into one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubtuneError(f"{what} file {path} not found: expected a file written by subtune")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types here; all mean "not a safe subtune file"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            reason = "it contains pickled Python objects, which subtune never loads (they can run code)"
+        elif isinstance(e, (zipfile.BadZipFile, EOFError, RuntimeError)) and "zip" in str(e).lower():
+            reason = "it is truncated or not a PyTorch file"
+        else:
+            reason = f"it could not be read ({msg[:160]})"
+        raise SubtuneError(f"{what} file {path}: {reason}; expected a {what} file written by subtune") from e
+    if not isinstance(data, dict):
+        raise SubtuneError(f"{what} file {path}: expected a dict, found {type(data).__name__}; pass a file written by subtune")
+    return data
+
+
+def _require_format(data: dict, path, expected: str, what: str) -> None:
+    found = data.get("format")
+    if found != expected:
+        hint = " (this is a task file)" if found == TASK_FORMAT else " (this is a base file)" if found == BASE_FORMAT else ""
+        raise SubtuneError(f"{path}: expected a {what} file (format {expected!r}), found format {found!r}{hint}")
+
+
+def save_dict(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+
+
+# --------------------------------------------------------------------------- base
+
+
+@dataclass
+class BaseModel:
+    """A loaded base file: the architecture, its weights, and the model built from them."""
+
+    arch: str
+    arch_kwargs: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    fingerprint: str
+    path: str | None = None
+
+    def build(self) -> tuple[nn.Module, Backbone]:
+        """A fresh eval-mode model with the base weights (each call builds a new copy)."""
+        model, backbone = build_model(self.arch, self.arch_kwargs)
+        model.load_state_dict(self.state_dict)
+        return model, backbone
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        adapter, _ = get_adapter(self.arch)
+        return adapter.input_size(self.arch_kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": BASE_FORMAT, "arch": self.arch, "arch_kwargs": self.arch_kwargs,
+                "state_dict": self.state_dict, "fingerprint": self.fingerprint}
+
+
+def make_base(arch: str, arch_kwargs: dict[str, Any] | None = None, *, weights: dict | None = None,
+              seed: int = 0) -> BaseModel:
+    """A base model from random weights (seeded) or from a plain state_dict."""
+    arch_kwargs = dict(arch_kwargs or {})
+    torch.manual_seed(seed)
+    model, _ = build_model(arch, arch_kwargs)
+    if weights is not None:
+        adapter, _ = get_adapter(arch)
+        mapped = adapter.map_state_dict(weights, model)
+        own = model.state_dict()
+        for k, v in mapped.items():
+            if k in own and tuple(own[k].shape) != tuple(v.shape):
+                raise SubtuneError(
+                    f"weights tensor {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}: "
+                    "check --num-classes and the architecture")
+        model.load_state_dict(mapped)
+    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    return BaseModel(arch, arch_kwargs, sd, fingerprint(sd))
+
+
+def load_base(path: str | os.PathLike) -> BaseModel:
+    data = load_dict(path, "base")
+    _require_format(data, path, BASE_FORMAT, "base")
+    try:
+        arch, kwargs, sd, fp = data["arch"], dict(data.get("arch_kwargs") or {}), data["state_dict"], data["fingerprint"]
+    except KeyError as e:
+        raise SubtuneError(f"{path}: base file lacks the key {e.args[0]!r}; rewrite it with `subtune base`") from e
+    if fingerprint(sd) != fp:
+        raise SubtuneError(f"{path}: the weights do not match the file's fingerprint (corrupted or edited); rewrite it with `subtune base`")
+    base = BaseModel(arch, kwargs, sd, fp, str(path))
+    model, _ = build_model(arch, kwargs)
+    missing, unexpected = _diff_keys(model.state_dict(), sd)
+    if missing or unexpected:
+        raise SubtuneError(f"{path}: weights do not fit {arch} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return base
+
+
+def save_base(path: str | os.PathLike, base: BaseModel) -> None:
+    save_dict(path, base.to_dict())
+
+
+def _diff_keys(expected: dict, found: dict) -> tuple[list[str], list[str]]:
+    return sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+
+
+# --------------------------------------------------------------------------- task
+
+
+@dataclass
+class TaskDelta:
+    """A SubTuned task: new weights for blocks first..last (1-based, inclusive) and a new head."""
+
+    name: str
+    base_fingerprint: str
+    arch: str
+    blocks: list[int]
+    block_state: dict[str, dict[str, torch.Tensor]]
+    head: dict[str, torch.Tensor]
+    siamese: bool = False
+    classes: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def first(self) -> int:
+        return self.blocks[0]
+
+    @property
+    def last(self) -> int:
+        return self.blocks[-1]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.head["weight"].shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": TASK_FORMAT, "name": self.name, "base_fingerprint": self.base_fingerprint,
+                "arch": self.arch, "blocks": list(self.blocks), "block_state": self.block_state,
+                "head": self.head, "siamese": bool(self.siamese), "classes": self.classes, "meta": self.meta}
+
+
+def make_task(base: BaseModel, name: str, blocks: list[int], block_modules: list[nn.Module], head: nn.Linear,
+              *, siamese: bool = False, classes: list[str] | None = None,
+              meta: dict[str, Any] | None = None) -> TaskDelta:
+    """A task delta from trained modules (the Python API the trainer uses)."""
+    state = {str(b): {k: v.detach().cpu().clone().contiguous() for k, v in m.state_dict().items()}
+             for b, m in zip(blocks, block_modules, strict=True)}
+    head_sd = {"weight": head.weight.detach().cpu().clone().contiguous(),
+               "bias": (head.bias.detach().cpu().clone() if head.bias is not None
+                        else torch.zeros(head.out_features))}
+    task = TaskDelta(name, base.fingerprint, base.arch, list(blocks), state, head_sd, siamese, classes, dict(meta or {}))
+    validate_task(task, base)
+    return task
+
+
+def save_task(path: str | os.PathLike, task: TaskDelta) -> None:
+    save_dict(path, task.to_dict())
+
+
+def load_task(path: str | os.PathLike) -> TaskDelta:
+    data = load_dict(path, "task")
+    _require_format(data, path, TASK_FORMAT, "task")
+    try:
+        task = TaskDelta(
+            name=str(data["name"]), base_fingerprint=str(data["base_fingerprint"]), arch=str(data["arch"]),
+            blocks=[int(b) for b in data["blocks"]], block_state=dict(data["block_state"]),
+            head=dict(data["head"]), siamese=bool(data.get("siamese", False)),
+            classes=list(data["classes"]) if data.get("classes") is not None else None,
+            meta=dict(data.get("meta") or {}), path=str(path))
+    except (KeyError, TypeError, ValueError) as e:
+        raise SubtuneError(f"{path}: malformed task file ({type(e).__name__}: {e}); rewrite it with subtune") from e
+    return task
+
+
+def validate_task(task: TaskDelta, base: BaseModel, backbone: Backbone | None = None) -> None:
+    """Check a task against its base before any work: fingerprint, block range, block state
+    shapes, head shape. Raises SubtuneError naming the file and the problem."""
+    where = task.path or task.name
+    if not TASK_NAME.match(task.name) or task.name in RESERVED_NAMES:
+        raise SubtuneError(f"{where}: task name {task.name!r} is not usable as an output name: expected letters, "
+                           "digits, '_' or '-' (starting with a letter or '_', not 'base'/'images'); rename the task")
+    if task.base_fingerprint != base.fingerprint:
+        raise SubtuneError(f"{where}: task {task.name!r} was trained on another base (fingerprint "
+                           f"{task.base_fingerprint[:12]}…, this base is {base.fingerprint[:12]}…); "
+                           "compile it with the base it was trained from")
+    if task.arch != base.arch:
+        raise SubtuneError(f"{where}: task is for {task.arch}, base is {base.arch}")
+    if backbone is None:
+        _, backbone = build_model(base.arch, base.arch_kwargs)
+    n = backbone.num_blocks
+    b = task.blocks
+    if not b or any(x < 1 or x > n for x in b):
+        raise SubtuneError(f"{where}: blocks {b} out of range: {base.arch} has blocks 1..{n}")
+    if b != list(range(b[0], b[0] + len(b))):
+        raise SubtuneError(f"{where}: blocks {b} are not consecutive and ascending: expected e.g. [{b[0]}, {b[0] + 1}]")
+    if sorted(task.block_state, key=int) != [str(x) for x in b]:
+        raise SubtuneError(f"{where}: block_state has blocks {sorted(task.block_state)}, expected {[str(x) for x in b]}")
+    for blk in b:
+        expected = backbone.blocks[blk - 1].state_dict()
+        found = task.block_state[str(blk)]
+        missing, unexpected = _diff_keys(expected, found)
+        if missing or unexpected:
+            raise SubtuneError(f"{where}: block {blk} state does not fit the block (missing {missing[:3]}, "
+                                   f"unexpected {unexpected[:3]}); was the task trained on {base.arch}?")
+        for k, v in found.items():
+            if k in expected and tuple(v.shape) != tuple(expected[k].shape):
+                raise SubtuneError(f"{where}: block {blk} tensor {k!r} has shape {tuple(v.shape)}, the block expects "
+                                   f"{tuple(expected[k].shape)}")
+    w, bias = task.head.get("weight"), task.head.get("bias")
+    in_dim = backbone.feature_dim * (2 if task.siamese else 1)
+    if w is None or bias is None or w.ndim != 2 or bias.ndim != 1 or w.shape[0] != bias.shape[0]:
+        raise SubtuneError(f"{where}: head must be {{'weight': [classes, {in_dim}], 'bias': [classes]}}")
+    if w.shape[1] != in_dim:
+        what = "[base features, task features]" if task.siamese else "the features"
+        raise SubtuneError(f"{where}: head takes {w.shape[1]} inputs, but {what} have {in_dim} "
+                           f"({'siamese' if task.siamese else 'plain'} head on {base.arch})")
+    if task.classes is not None and len(task.classes) != w.shape[0]:
+        raise SubtuneError(f"{where}: {len(task.classes)} class names for a head with {w.shape[0]} outputs")
+

@@ -1,0 +1,47 @@
+"""Describe subtune files for people and programs (`subtune inspect`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from subtune.errors import SubtuneError
+
+
+def describe(path: str) -> dict:
+    if Path(path).suffix == ".onnx":
+        return _describe_onnx(path)
+    from subtune.formats import BASE_FORMAT, TASK_FORMAT, load_base, load_dict, load_task
+
+    fmt = load_dict(path, "subtune").get("format")
+    if fmt == BASE_FORMAT:
+        base = load_base(path)
+        n = sum(v.numel() for v in base.state_dict.values())
+        return {"format": fmt, "arch": base.arch, "arch_kwargs": base.arch_kwargs, "parameters": n,
+                "fingerprint": base.fingerprint}
+    if fmt == TASK_FORMAT:
+        t = load_task(path)
+        n = sum(v.numel() for sd in t.block_state.values() for v in sd.values())
+        return {"format": fmt, "name": t.name, "arch": t.arch, "blocks": t.blocks, "siamese": t.siamese,
+                "num_classes": t.num_classes, "classes": t.classes, "block_parameters": n,
+                "base_fingerprint": t.base_fingerprint, "meta": {k: v for k, v in t.meta.items() if k != "history"}}
+    raise SubtuneError(f"{path}: expected a subtune base/task file or an .onnx file, found format {fmt!r}")
+
+
+def _describe_onnx(path: str) -> dict:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # noqa: BLE001
+        raise SubtuneError(f"{path}: not a readable ONNX file ({type(e).__name__})") from e
+    meta = {p.key: p.value for p in model.metadata_props}
+    info = {"format": "onnx", "opset": [f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import],
+            "inputs": [i.name for i in model.graph.input], "outputs": [o.name for o in model.graph.output],
+            "nodes": len(model.graph.node)}
+    for key, value in meta.items():
+        try:
+            info[key] = json.loads(value)
+        except ValueError:
+            info[key] = value
+    return info

@@ -1,0 +1,116 @@
+"""The adapter interface and the registry that maps `family:name` strings to adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from subtune.errors import SubtuneError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass
+class Backbone:
+    """A model cut into the parts SubTuning needs. The parts are the model's own modules (no
+    copies), so running stem -> blocks -> neck -> classifier equals the model's forward."""
+
+    model: "nn.Module"
+    stem: "nn.Module"
+    blocks: list["nn.Module"]
+    neck: "nn.Module"  # last block's output -> the features the classifier sees
+    classifier: "nn.Linear"
+    block_names: list[str] = field(default_factory=list)  # qualified names, e.g. "layer3.5"
+    stages: dict[str, list[int]] = field(default_factory=dict)  # stage name -> 1-based blocks
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.classifier.in_features
+
+
+class Adapter:
+    """One architecture family. Adding an architecture means subclassing this once."""
+
+    family: str = ""
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def build(self, name: str, arch_kwargs: dict[str, Any]) -> "nn.Module":
+        raise NotImplementedError
+
+    def split(self, model: "nn.Module") -> Backbone:
+        raise NotImplementedError
+
+    def input_size(self, arch_kwargs: dict[str, Any]) -> tuple[int, int]:
+        """The image size (H, W) the model is exported and verified at by default."""
+        return (224, 224)
+
+    def normalization(self, model: "nn.Module") -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the preprocessing the pretrained weights expect."""
+        return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+    def map_state_dict(self, state_dict: dict, model: "nn.Module") -> dict:
+        """Rename a foreign state_dict to this model's names. The default accepts the model's
+        own names, or the same tensors in the same order under other names (as in ports of the
+        same network from another codebase), and refuses anything else."""
+        own = model.state_dict()
+        if set(state_dict) == set(own):
+            return dict(state_dict)
+        if len(state_dict) == len(own) and all(
+            tuple(a.shape) == tuple(b.shape) for a, b in zip(state_dict.values(), own.values())
+        ):
+            return {k: v for k, v in zip(own, state_dict.values())}
+        missing = sorted(set(own) - set(state_dict))[:3]
+        raise SubtuneError(
+            f"weights do not fit this architecture: expected {len(own)} tensors named like "
+            f"{list(own)[:2]}, found {len(state_dict)} (e.g. missing {missing}); pass weights "
+            "saved from the same architecture"
+        )
+
+
+_REGISTRY: dict[str, Adapter] = {}
+
+
+def register(adapter: Adapter) -> Adapter:
+    _REGISTRY[adapter.family] = adapter
+    return adapter
+
+
+def _load_builtin_adapters() -> None:
+    # Imported lazily: they pull in torchvision and timm.
+    from subtune.models import timm_models, torchvision_models  # noqa: F401
+
+
+def known_architectures() -> list[str]:
+    _load_builtin_adapters()
+    return sorted(f"{family}:{n}" for family, a in _REGISTRY.items() for n in a.names())
+
+
+def get_adapter(arch: str) -> tuple[Adapter, str]:
+    """`'torchvision:resnet50'` -> (the torchvision adapter, 'resnet50')."""
+    _load_builtin_adapters()
+    family, sep, name = arch.partition(":")
+    adapter = _REGISTRY.get(family)
+    if not sep or adapter is None or name not in adapter.names():
+        raise SubtuneError(
+            f"unknown architecture {arch!r}: expected FAMILY:NAME, one of "
+            f"{', '.join(known_architectures())}"
+        )
+    return adapter, name
+
+
+def build_model(arch: str, arch_kwargs: dict[str, Any] | None = None) -> tuple["nn.Module", Backbone]:
+    """Build an eval-mode model with random weights and split it into a Backbone."""
+    adapter, name = get_adapter(arch)
+    try:
+        model = adapter.build(name, dict(arch_kwargs or {}))
+    except TypeError as e:
+        raise SubtuneError(f"cannot build {arch} with arguments {arch_kwargs}: {e}") from e
+    model.eval()
+    return model, adapter.split(model)

@@ -1,0 +1,10 @@
+"""ONNX-level passes over an onnx-ir model, in the onnx-ir `PassBase` style: one file per
+transformation or check, each returning `PassResult(model, modified)`."""
+
+from subtune.passes.attach_metadata import AttachMetadataPass
+from subtune.passes.name_stream_nodes import NameStreamNodesPass
+from subtune.passes.strip_export_metadata import StripExportMetadataPass
+from subtune.passes.tensorrt_compat import CheckTensorRTCompatPass, TensorRTCompatError
+
+__all__ = ["AttachMetadataPass", "CheckTensorRTCompatPass", "NameStreamNodesPass",
+           "StripExportMetadataPass", "TensorRTCompatError"]
