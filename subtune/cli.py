@@ -18,6 +18,12 @@ COMMANDS = {
     "compile": "Compile a base and task deltas into one verified multi-task ONNX graph or TensorRT engine.",
     "synthetic-task": "Write a synthetic task delta (perturbed base blocks) for tests and benchmarks.",
     "inspect": "Describe a base, task or compiled ONNX file.",
+    "train": "Train a task delta with SubTuning (chosen or greedily selected blocks), or a linear/full baseline.",
+    "profile": "Finetuning profile: accuracy, parameters and time of each block window, as JSON and a PNG.",
+    "select": "Active learning: pick the unlabelled pool images with the smallest classification margin.",
+    "prune": "Prune the channels inside a task's tuned blocks (Torch-Pruning), then recover accuracy on data.",
+    "prune-sweep": "Accuracy against parameters kept for pruning ratios 0.1-0.9, local/global x L1/L2 (JSON + PNG).",
+    "bench": "Time a model, compare deployments of a base and its tasks, or plot accuracy against added latency.",
 }
 
 

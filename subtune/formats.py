@@ -49,7 +49,7 @@ def load_dict(path: str | os.PathLike, what: str) -> dict[str, Any]:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
             reason = "it contains pickled Python objects, which subtune never loads (they can run code)"
-        elif isinstance(e, (zipfile.BadZipFile, EOFError, RuntimeError)) and "zip" in str(e).lower():
+        elif not zipfile.is_zipfile(path):  # torch.save writes zip archives; a cut-off one loses its index
             reason = "it is truncated or not a PyTorch file"
         else:
             reason = f"it could not be read ({msg[:160]})"
@@ -237,6 +237,7 @@ def validate_task(task: TaskDelta, base: BaseModel, backbone: Backbone | None = 
         raise SubtuneError(f"{where}: blocks {b} are not consecutive and ascending: expected e.g. [{b[0]}, {b[0] + 1}]")
     if sorted(task.block_state, key=int) != [str(x) for x in b]:
         raise SubtuneError(f"{where}: block_state has blocks {sorted(task.block_state)}, expected {[str(x) for x in b]}")
+    pruned = _pruned_blocks(task, where)
     for blk in b:
         expected = backbone.blocks[blk - 1].state_dict()
         found = task.block_state[str(blk)]
@@ -244,6 +245,9 @@ def validate_task(task: TaskDelta, base: BaseModel, backbone: Backbone | None = 
         if missing or unexpected:
             raise SubtuneError(f"{where}: block {blk} state does not fit the block (missing {missing[:3]}, "
                                    f"unexpected {unexpected[:3]}); was the task trained on {base.arch}?")
+        if str(blk) in pruned:  # smaller shapes, checked by rebuilding and running the block
+            _check_pruned_block(where, blk, backbone.blocks[blk - 1], found, pruned[str(blk)])
+            continue
         for k, v in found.items():
             if k in expected and tuple(v.shape) != tuple(expected[k].shape):
                 raise SubtuneError(f"{where}: block {blk} tensor {k!r} has shape {tuple(v.shape)}, the block expects "
@@ -259,3 +263,28 @@ def validate_task(task: TaskDelta, base: BaseModel, backbone: Backbone | None = 
     if task.classes is not None and len(task.classes) != w.shape[0]:
         raise SubtuneError(f"{where}: {len(task.classes)} class names for a head with {w.shape[0]} outputs")
 
+
+# Pruned tasks (subtune/pruning/rebuild.py has the contract): imported lazily, pure torch.
+
+
+def _pruned_blocks(task: TaskDelta, where: str) -> dict[str, dict]:
+    if "pruned" not in task.meta:
+        return {}
+    from subtune.pruning.rebuild import pruned_blocks
+
+    try:
+        blocks = pruned_blocks(task.meta)
+    except SubtuneError as e:
+        raise SubtuneError(f"{where}: {e}") from e
+    if not set(blocks) <= {str(x) for x in task.blocks}:
+        raise SubtuneError(f"{where}: meta['pruned'] describes blocks {sorted(blocks, key=int)}, the task tunes {task.blocks}")
+    return blocks
+
+
+def _check_pruned_block(where: str, blk: int, base_block: nn.Module, state: dict, spec: dict) -> None:
+    from subtune.pruning.rebuild import check_pruned_block
+
+    try:
+        check_pruned_block(base_block, state, spec)
+    except SubtuneError as e:
+        raise SubtuneError(f"{where}: pruned block {blk}: {e}") from e

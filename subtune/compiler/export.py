@@ -4,6 +4,7 @@ dynamic batch and torchvision ViT's fused attention in eval mode."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import warnings
@@ -23,14 +24,32 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, output_names: li
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
         warnings.simplefilter("ignore")
         try:
-            program = torch.onnx.export(
-                module, (example,), dynamo=True, input_names=["images"], output_names=output_names,
-                dynamic_shapes={"images": {0: batch}}, opset_version=OPSET, optimize=True, verbose=False,
-            )
+            program = _export(module, (example,), input_names=["images"], output_names=output_names,
+                              dynamic_shapes={"images": {0: batch}}, opset_version=OPSET, optimize=True, verbose=False)
         except Exception as e:  # the exporter's errors are long; keep the first line for the user
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SubtuneError(f"ONNX export failed: {first[:300]}; rerun with --debug for the full trace") from e
     return program.model
+
+
+def _export(module, args, **kwargs):
+    """torch.onnx.export(dynamo=True), reusing one translation registry per process: building it
+    costs ~3 s a call, more than exporting a small model. Falls back to the public API if the
+    private pieces move."""
+    try:
+        from torch.onnx._internal.exporter import _core
+
+        registry = _torchlib_registry(kwargs["opset_version"])
+    except (ImportError, AttributeError):
+        return torch.onnx.export(module, args, dynamo=True, **kwargs)
+    return _core.export(module, args, registry=registry, **kwargs)
+
+
+@functools.cache
+def _torchlib_registry(opset: int):
+    from torch.onnx._internal.exporter import _registration
+
+    return _registration.ONNXRegistry.from_torchlib(opset_version=opset)
 
 
 @contextlib.contextmanager

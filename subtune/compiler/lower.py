@@ -18,9 +18,15 @@ from subtune.models import Backbone
 
 
 def task_blocks(task: TaskDelta, backbone: Backbone) -> nn.ModuleList:
-    """Copies of the base blocks carrying the task's weights."""
+    """Copies of the base blocks carrying the task's weights (rebuilt smaller where pruned)."""
+    from subtune.pruning.rebuild import pruned_blocks, rebuild_block
+
+    pruned = pruned_blocks(task.meta)
     blocks = nn.ModuleList()
     for b in task.blocks:
+        if str(b) in pruned:
+            blocks.append(rebuild_block(backbone.blocks[b - 1], task.block_state[str(b)], pruned[str(b)]))
+            continue
         block = copy.deepcopy(backbone.blocks[b - 1])
         block.load_state_dict(task.block_state[str(b)], strict=True)
         blocks.append(block.eval())
@@ -86,7 +92,7 @@ class MultiTaskModel(nn.Module):
     def __init__(self, base_model: nn.Module, backbone: Backbone, tasks: list[TaskDelta], schedule: Schedule):
         super().__init__()
         self.base = base_model
-        self.backbone = backbone  # views into self.base; not a module attribute of its own
+        self.backbone = backbone  # a plain dataclass of views into self.base, not a submodule
         self.tasks = nn.ModuleList(TaskBranch(t, backbone) for t in tasks)
         self.schedule = schedule
         self.forks = nn.ModuleDict()
@@ -103,11 +109,6 @@ class MultiTaskModel(nn.Module):
         self._fork_names = list(self.forks)
         self._merge_names = list(self.merges)
 
-    def __setattr__(self, name, value):
-        if name == "backbone":  # keep the Backbone out of the module tree (its parts live in self.base)
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bb = self.backbone

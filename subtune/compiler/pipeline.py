@@ -1,12 +1,18 @@
 """The compiler, top to bottom: base file + task deltas -> one verified multi-task ONNX graph.
 
     validate   the files fit together (fingerprints, block ranges, shapes, names)
+    prune      (--prune only) remove channels inside each task's tuned blocks (subtune/pruning)
     schedule   fork / block / merge / split order for the task ranges
     lower      one PyTorch module running that schedule
     export     torch.export -> ONNX (onnx-ir), dynamic batch
     clean up   ONNX passes: readable stream-node names, no exporter debris, metadata
     check      TensorRT parser compatibility (static, runs everywhere)
     verify     ONNX Runtime vs PyTorch eager at batch 1 and another batch size
+  with --precision fp16/int8 (subtune/quantization):
+    load calibration data   right after validate, so a bad --calibration fails before the slow steps
+    quantize   INT8 in QDQ form with the base's ranges pinned, or FP16
+    verify precision        the reduced graph vs the fp32 graph on the calibration images
+    check      TensorRT parser compatibility again, QDQ placement included
 
 Each step fills in a field of the Plan; `compile_plan` is the whole pipeline.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 import torch
@@ -29,6 +36,10 @@ from subtune.errors import SubtuneError
 from subtune.formats import validate_task
 from subtune.passes import AttachMetadataPass, CheckTensorRTCompatPass, NameStreamNodesPass, StripExportMetadataPass
 
+if TYPE_CHECKING:
+    from subtune.pruning.plan import PruneOptions
+    from subtune.quantization import PrecisionOptions
+
 
 @dataclass
 class CompileOptions:
@@ -38,6 +49,8 @@ class CompileOptions:
     seed: int = 0
     check_tensorrt: bool = True
     on_step: object = field(default=None)  # callable(step_name) for progress display
+    prune: "PruneOptions | None" = None  # prune the channels inside every task's tuned blocks
+    precision: "PrecisionOptions | None" = None  # fp16/int8 after the fp32 graph verifies; None: fp32 only
 
 
 def compile_plan(plan: Plan, options: CompileOptions | None = None) -> Plan:
@@ -46,8 +59,17 @@ def compile_plan(plan: Plan, options: CompileOptions | None = None) -> Plan:
              ("clean up", clean_up), ("check TensorRT compatibility", check_tensorrt)]
     if not options.check_tensorrt:
         steps.pop()
+    if options.prune is not None:
+        steps.insert(1, ("prune", prune))
     if options.verify:
         steps.append(("verify", verify_plan))
+    if options.precision is not None:
+        steps.insert(1, ("load calibration data", load_calibration))
+        steps.append(("quantize", quantize))
+        if options.verify:
+            steps.append(("verify precision", verify_precision))
+        if options.check_tensorrt and options.precision.tensorrt_compatible:
+            steps.append((f"check TensorRT compatibility ({options.precision.precision})", check_tensorrt))
     timings = plan.report.setdefault("seconds", {})
     for name, step in steps:
         if options.on_step:
@@ -77,6 +99,22 @@ def _input_size(plan: Plan) -> tuple[int, int]:
         raise SubtuneError(f"tasks were trained at different image sizes {sorted(sizes)}: one graph takes one size; "
                            "retrain or pass --image-size")
     return tuple(int(x) for x in sizes.pop()) if sizes else plan.base.input_size
+
+
+def prune(plan: Plan, options: CompileOptions) -> None:
+    """Prune every task that is not pruned yet (subtune/pruning); no recovery training here."""
+    from subtune.pruning.prune import prune_task
+    from subtune.pruning.rebuild import pruned_blocks
+
+    report: dict[str, object] = {}
+    for i, task in enumerate(plan.tasks):
+        if pruned_blocks(task.meta):
+            report[task.name] = "already pruned: kept as it is"
+            continue
+        result = prune_task(task, plan.base, options.prune, backbone=plan.backbone, input_size=plan.input_size)
+        plan.tasks[i] = result.task
+        report[task.name] = result.report
+    plan.report["pruning"] = {"options": options.prune.to_json(), "tasks": report}
 
 
 def schedule(plan: Plan, options: CompileOptions) -> None:
@@ -135,6 +173,30 @@ def verify_plan(plan: Plan, options: CompileOptions) -> None:
     checks = verify(serialize(plan), base_model, backbone, plan.tasks, plan.output_names,
                     input_size=plan.input_size, batches=batches, tolerance=options.tolerance, seed=options.seed)
     plan.report["verification"] = {"tolerance": options.tolerance, "checks": checks_to_json(checks)}
+
+
+def load_calibration(plan: Plan, options: CompileOptions) -> None:
+    plan.calibration = options.precision.calibration_set(plan.base.arch, plan.backbone.model, plan.tasks,
+                                                         plan.input_size)
+
+
+def quantize(plan: Plan, options: CompileOptions) -> None:
+    from subtune.quantization import reduce_precision
+
+    reduced = reduce_precision(plan.onnx, options.precision, plan.calibration)
+    plan.fp32_onnx, plan.onnx, plan.base_only_onnx = plan.onnx, reduced.model, reduced.base_only
+    plan.report["precision"] = reduced.report
+    if not options.precision.tensorrt_compatible:
+        plan.report["tensorrt_compatible"] = False  # the fp32 graph was; this one is for ONNX Runtime on x86
+
+
+def verify_precision(plan: Plan, options: CompileOptions) -> None:
+    from subtune.quantization import verify_reduced
+
+    base_only = ir.to_proto(plan.base_only_onnx).SerializeToString() if plan.base_only_onnx is not None else None
+    plan.report["precision"]["verification"] = verify_reduced(
+        ir.to_proto(plan.fp32_onnx).SerializeToString(), serialize(plan), base_only, plan.calibration,
+        plan.output_names, plan.tasks, options.precision)
 
 
 def serialize(plan: Plan) -> bytes:

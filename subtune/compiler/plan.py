@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from subtune.compiler.schedule import Schedule
     from subtune.models import Backbone
+    from subtune.quantization.calibration import CalibrationSet
 
 
 @dataclass
@@ -27,6 +28,10 @@ class Plan:
     module: "nn.Module | None" = None
     onnx: "ir.Model | None" = None
     report: dict[str, Any] = field(default_factory=dict)
+    # --precision fp16/int8 (subtune/quantization):
+    calibration: "CalibrationSet | None" = None  # the images quantisation is calibrated and checked on
+    fp32_onnx: "ir.Model | None" = None  # the verified fp32 graph that `onnx` was reduced from
+    base_only_onnx: "ir.Model | None" = None  # int8: the base stream alone, quantised with the same ranges
 
     @property
     def output_names(self) -> list[str]:

@@ -19,16 +19,11 @@ class TaskModel(torch.nn.Module):
 
     def __init__(self, backbone: Backbone, task: TaskDelta):
         super().__init__()
-        self.backbone = backbone
+        self.base = backbone.model  # registered, so export and .to() see the shared weights
+        self.backbone = backbone  # a plain dataclass of views into self.base
         self.tuned = task_blocks(task, backbone)
         self.head = task_head(task)
         self.first, self.siamese = task.first, task.siamese
-
-    def __setattr__(self, name, value):
-        if name == "backbone":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         bb = self.backbone

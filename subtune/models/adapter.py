@@ -84,7 +84,7 @@ def register(adapter: Adapter) -> Adapter:
 
 def _load_builtin_adapters() -> None:
     # Imported lazily: they pull in torchvision and timm.
-    from subtune.models import timm_models, torchvision_models  # noqa: F401
+    from subtune.models import timm_models, tiny, torchvision_models  # noqa: F401
 
 
 def known_architectures() -> list[str]:

@@ -11,12 +11,21 @@ An analysis pass: it changes nothing. Rules:
      keep the batch dynamic (a 0 or -1 in that shape).
   5. The graph input `images` has a dynamic batch dimension, so one engine profile serves
      every batch size.
+  QDQ placement (explicit quantisation, the INT8 graphs of subtune/quantization):
+  6. QuantizeLinear/DequantizeLinear scales and zero points are constants; scales are positive
+     and finite, zero points all 0 (TensorRT quantises symmetrically).
+  7. The quantised type is one TensorRT has (INT8, FP8, INT4): not UINT8, and no int32
+     DequantizeLinear (quantised biases), which TensorRT's DequantizeLinear does not take.
+  8. A scale with more than one element (per-channel) belongs to a constant weight, on the axis
+     of its consumer's output channels (Conv 0, ConvTranspose 1, Gemm 0 with transB else 1,
+     MatMul the last); activations are quantised per tensor.
 Findings go into `self.findings`; with `raise_on_error` the first run that finds any raises
 TensorRTCompatError listing them all.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
 
@@ -38,6 +47,9 @@ ReverseSequence RoiAlign Round ScaledTanh Scatter ScatterElements ScatterND Selu
 Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub
 Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Where Xor
 """.split())
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+QUANTISED_TYPES = (ir.DataType.INT8, ir.DataType.FLOAT8E4M3FN, ir.DataType.INT4)  # rule 7
 
 # op type -> input positions that must be constants (rule 3)
 CONSTANT_INPUTS = {
@@ -87,6 +99,8 @@ class CheckTensorRTCompatPass(InPlacePass):
             for pos in CONSTANT_INPUTS.get(node.op_type, ()):  # rule 3
                 if pos < len(node.inputs) and node.inputs[pos] is not None and _constant(node.inputs[pos]) is None:
                     findings.append(f"{where}: input {pos} (axes/sizes) is computed at run time; TensorRT needs a constant")
+            if node.op_type in QDQ_OPS:  # rules 6-8
+                findings.extend(f"{where}: {f}" for f in _qdq_findings(node))
             if node.op_type == "Reshape" and _batch_is_dynamic(node.inputs[0]):  # rule 4
                 target = _constant(node.inputs[1])
                 if target is not None and target.size and target[0] != 0 and -1 not in target.tolist():
@@ -99,3 +113,52 @@ class CheckTensorRTCompatPass(InPlacePass):
             more = f" (and {len(findings) - 3} more)" if len(findings) > 3 else ""
             raise TensorRTCompatError("graph is not TensorRT-compatible: " + "; ".join(findings[:3]) + more)
         return PassResult(model, modified=False)
+
+
+def _qdq_findings(node: ir.Node) -> list[str]:
+    data = node.inputs[0]
+    scale = _constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    zero = node.inputs[2] if len(node.inputs) > 2 else None
+    if scale is None or (zero is not None and _constant(zero) is None):  # rule 6
+        return ["scale and zero point must be constants (initializers)"]
+    found = []
+    if not (scale > 0).all() or not np.isfinite(scale).all():
+        found.append("scales must be positive and finite")
+    if zero is not None and _constant(zero).astype("float64").any():
+        found.append("zero point must be 0: TensorRT quantises symmetrically")
+    quantised = (zero.dtype if zero is not None else ir.DataType.UINT8) if node.op_type == "QuantizeLinear" else (
+        data.dtype if data is not None and data.dtype is not None else zero.dtype if zero is not None else None)
+    if quantised is not None and quantised not in QUANTISED_TYPES:  # rule 7
+        found.append(f"quantises to {quantised.name}; TensorRT takes INT8 (or FP8/INT4), never UINT8 or INT32 "
+                     "(keep biases float)")
+    if scale.size > 1:  # rule 8
+        found.extend(_per_channel_findings(node, data))
+    return found
+
+
+def _per_channel_findings(node: ir.Node, data: ir.Value | None) -> list[str]:
+    weight = _constant(data)
+    if node.op_type != "DequantizeLinear" or weight is None:
+        return ["per-channel scales on an activation: TensorRT quantises activations per tensor"]
+    axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 1
+    axis %= weight.ndim
+    found = []
+    for consumer in node.outputs[0].consumers():
+        if len(consumer.inputs) > 1 and consumer.inputs[1] is node.outputs[0]:
+            expected = _output_channel_axis(consumer, weight.ndim)
+            if expected is not None and axis != expected:
+                found.append(f"per-channel weight scales on axis {axis}; {consumer.op_type} {consumer.name or '?'} "
+                             f"has its output channels on axis {expected}")
+    return found
+
+
+def _output_channel_axis(node: ir.Node, rank: int) -> int | None:
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        return 0 if "transB" in node.attributes and node.attributes["transB"].as_int() else 1
+    if node.op_type == "MatMul":
+        return rank - 1
+    return None

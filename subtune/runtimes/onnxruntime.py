@@ -1,8 +1,37 @@
-"""ONNX Runtime sessions (the CPU runtime everything here is verified on)."""
+"""ONNX Runtime: the CPU runtime everything here is verified on, plus the CUDA and TensorRT
+execution providers where the installed onnxruntime build has them (onnxruntime-gpu).
+
+    with OnnxrtRunner(SessionFromOnnx("model.onnx", provider="cpu", threads=2)) as runner:
+        runner.infer({"images": batch})
+
+The CUDA and TensorRT providers are UNRUN here (no GPU on the machines subtune is developed
+on); they follow ONNX Runtime's documented provider options. With them, timings include
+copying inputs to the GPU and outputs back, as a client handing over NumPy arrays would see.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from subtune.errors import SubtuneError
+from subtune.runtimes.base import BaseRunner, TensorSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# --provider name -> (execution providers in priority order, what to install when missing)
+_PROVIDERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "cpu": (("CPUExecutionProvider",), "onnxruntime: pip install onnxruntime"),
+    "cuda": (("CUDAExecutionProvider", "CPUExecutionProvider"),
+             "onnxruntime-gpu (pip uninstall onnxruntime && pip install 'subtune[gpu]') with an NVIDIA driver"),
+    "tensorrt": (("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+                 "onnxruntime-gpu ('subtune[gpu]') and TensorRT's libraries ('subtune[tensorrt]') with an NVIDIA driver"),
+}
+PROVIDER_NAMES = tuple(_PROVIDERS)
+
+_shared_pool_threads: int | None = None  # set once per process by use_shared_thread_pool
 
 
 def _ort():
@@ -13,6 +42,81 @@ def _ort():
     return onnxruntime
 
 
+def providers_for(provider: str, options: dict[str, dict[str, Any]] | None = None) -> list:
+    """The execution-provider list for a --provider name, or a SubtuneError saying what to install."""
+    if provider not in _PROVIDERS:
+        raise SubtuneError(f"unknown provider {provider!r}: expected one of {', '.join(PROVIDER_NAMES)}")
+    wanted, install = _PROVIDERS[provider]
+    available = _ort().get_available_providers()
+    if wanted[0] not in available:
+        raise SubtuneError(f"ONNX Runtime here offers {', '.join(available)}, not {wanted[0]}: "
+                           f"--provider {provider} needs {install}")
+    options = options or {}
+    return [(name, options[name]) if name in options else name for name in wanted if name in available]
+
+
+def use_shared_thread_pool(threads: int) -> None:
+    """Make sessions created with `shared_pool=True` share one intra-op pool of `threads` threads.
+
+    Several sessions timed one after another (one model per task) must not each keep their own
+    pool: ONNX Runtime's idle workers spin for a while after a run and steal the cores the next
+    session needs. ONNX Runtime fixes the global pool when the process creates its first
+    session, so call this before creating any."""
+    global _shared_pool_threads
+    if _shared_pool_threads == threads:
+        return
+    if _shared_pool_threads is not None:
+        raise SubtuneError(f"the shared ONNX Runtime thread pool already has {_shared_pool_threads} threads "
+                           f"in this process; cannot change it to {threads}")
+    if threads < 1:
+        raise SubtuneError(f"thread count must be at least 1, found {threads}")
+    try:
+        _ort().set_global_thread_pool_sizes(threads, 1)
+    except Exception as e:  # onnxruntime's Fail: the pools were made by an earlier session in this process
+        raise SubtuneError(f"cannot size ONNX Runtime's shared thread pool: {str(e).strip()[:200]}") from e
+    _shared_pool_threads = threads
+
+
+class SessionFromOnnx:
+    """Loader: an InferenceSession from ONNX bytes or a path, created when called."""
+
+    def __init__(self, model: bytes | str | Path, *, provider: str = "cpu", threads: int | None = None,
+                 shared_pool: bool = False, provider_options: dict[str, dict[str, Any]] | None = None):
+        if shared_pool and threads is not None:
+            raise ValueError("give threads or shared_pool, not both: the shared pool's size is set once per process")
+        self.model = str(model) if isinstance(model, Path) else model
+        self.provider, self.threads, self.shared_pool = provider, threads, shared_pool
+        self.provider_options = dict(provider_options or {})
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        threads = (f"shared pool of {_shared_pool_threads}" if self.shared_pool
+                   else self.threads if self.threads else "default (one per physical core)")
+        return {"provider": self.provider, "intra_op_threads": threads, "graph_optimization": "all",
+                "provider_options": self.provider_options}
+
+    def __call__(self):
+        ort = _ort()
+        if isinstance(self.model, str) and not Path(self.model).is_file():
+            raise SubtuneError(f"model file {self.model} not found")
+        if self.shared_pool and _shared_pool_threads is None:
+            raise SubtuneError("shared_pool=True needs use_shared_thread_pool(threads) first")
+        providers = providers_for(self.provider, self.provider_options)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if self.shared_pool:
+            opts.use_per_session_threads = False
+        elif self.threads:
+            opts.intra_op_num_threads = self.threads
+        try:
+            return ort.InferenceSession(self.model, sess_options=opts, providers=providers)
+        except Exception as e:  # ORT's load errors (bad protobuf, unsupported op) have no common base class
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            where = self.model if isinstance(self.model, str) else "the model"
+            raise SubtuneError(f"ONNX Runtime could not load {where}: {first}") from e
+
+
 def session_from_bytes(model: bytes | str, *, threads: int | None = None, providers=("CPUExecutionProvider",)):
     """An InferenceSession from serialized ONNX bytes or a path."""
     ort = _ort()
@@ -21,3 +125,52 @@ def session_from_bytes(model: bytes | str, *, threads: int | None = None, provid
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(model, sess_options=opts, providers=list(providers))
+
+
+class OnnxrtRunner(BaseRunner):
+    runtime = "onnxruntime"
+
+    def __init__(self, session, name: str | None = None):
+        """`session`: an InferenceSession, or a loader such as SessionFromOnnx that makes one."""
+        super().__init__(name)
+        self._source = session
+        self.session = None
+
+    def activate_impl(self) -> None:
+        self.session = self._source() if callable(self._source) else self._source
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        self._invalid_argument = _ort().capi.onnxruntime_pybind11_state.InvalidArgument
+
+    def deactivate_impl(self) -> None:
+        self.session = None  # a session we made is freed here; one handed in stays alive with the caller
+
+    def input_metadata_impl(self) -> dict[str, TensorSpec]:
+        return {i.name: TensorSpec(tuple(d if isinstance(d, int) else None for d in i.shape), _numpy_type(i.type))
+                for i in self.session.get_inputs()}
+
+    def output_names_impl(self) -> list[str]:
+        return list(self._output_names)
+
+    def infer_impl(self, feeds: dict[str, "np.ndarray"]) -> dict[str, "np.ndarray"]:
+        start = time.perf_counter()
+        try:
+            outputs = self.session.run(self._output_names, feeds)
+        except self._invalid_argument as e:  # wrong shape or dtype: the caller's mistake
+            raise SubtuneError(f"{self.name}: {str(e).strip().splitlines()[0][:300]}") from e
+        self.inference_time = time.perf_counter() - start
+        return dict(zip(self._output_names, outputs))
+
+    def describe_impl(self) -> dict[str, Any]:
+        ort = _ort()
+        settings = getattr(self._source, "settings", {})
+        info = {"version": ort.__version__, **settings}
+        if self.session is not None:
+            info["execution_providers"] = self.session.get_providers()
+        return info
+
+
+def _numpy_type(onnx_type: str) -> str:
+    """'tensor(float)' -> 'float32'."""
+    inner = onnx_type.removeprefix("tensor(").removesuffix(")")
+    return {"float": "float32", "double": "float64", "float16": "float16", "int64": "int64", "int32": "int32",
+            "int8": "int8", "uint8": "uint8", "bool": "bool"}.get(inner, inner)

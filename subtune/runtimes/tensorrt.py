@@ -1,4 +1,9 @@
-"""TensorRT engine building through Polygraphy's loaders, for TensorRT 10 and 11.
+"""TensorRT: engine building through Polygraphy's loaders, and a runner for `.plan` engines,
+for TensorRT 10 and 11 (both use the name-based I/O tensor API: set_input_shape,
+set_tensor_address, execute_async_v3).
+
+    with TrtRunner(EngineFromPath("model.plan"), cuda_graph=True) as runner:
+        runner.infer({"images": batch})
 
 UNRUN: TensorRT cannot be installed on the CPU-only machines subtune is developed and tested
 on (PyPI's TensorRT library wheels download from NVIDIA's index, which is unreachable there),
@@ -10,10 +15,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from subtune.atomic import atomic_path
 from subtune.errors import SubtuneError
+from subtune.runtimes.base import BaseRunner, TensorSpec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -41,8 +52,11 @@ def parse_batch_range(text: str) -> tuple[int, int, int]:
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, input_size: tuple[int, int],
-                 batch_range: tuple[int, int, int] = (1, 8, 32), workspace_gib: float = 4.0) -> None:
-    """Parse the ONNX file and build a serialized engine with one dynamic-batch profile.
+                 batch_range: tuple[int, int, int] = (1, 8, 32), workspace_gib: float = 4.0,
+                 sample_shape: tuple[int, ...] | None = None) -> None:
+    """Parse the ONNX file and build a serialized engine with one dynamic-batch profile for its
+    input `images`, of shape [batch, 3, H, W], or [batch, *sample_shape] when given (the
+    benchmark's sub-models take features, not images).
 
     FP32 only here: TensorRT 11 removed the FP16/INT8 builder flags (reduced precision comes
     from the ONNX graph itself: an FP16 graph, or QDQ nodes), and TensorRT 10 builds FP32
@@ -55,9 +69,169 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
 
     lo, opt, hi = batch_range
     h, w = input_size
-    profile = Profile().add("images", min=(lo, 3, h, w), opt=(opt, 3, h, w), max=(hi, 3, h, w))
+    sample = tuple(sample_shape) if sample_shape else (3, h, w)
+    profile = Profile().add("images", min=(lo, *sample), opt=(opt, *sample), max=(hi, *sample))
     config = CreateConfig(profiles=[profile], memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))})
     with atomic_path(engine_path) as tmp:
         SaveEngine(EngineFromNetwork(NetworkFromOnnxPath(str(onnx_path)), config=config), path=str(tmp))()
     if not Path(engine_path).is_file():
         raise SubtuneError(f"TensorRT did not produce {engine_path}")
+
+
+# --------------------------------------------------------------------------- running engines
+
+
+class EngineFromPath:
+    """Loader: a deserialized engine from a `.plan` file, made when called."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._runtime = None  # kept alive as long as the loader: engines must not outlive their runtime
+
+    def __call__(self):
+        if not self.path.is_file():
+            raise SubtuneError(f"engine file {self.path} not found")
+        reason = tensorrt_unavailable_reason()
+        if reason:
+            raise SubtuneError(f"cannot run {self.path}: {reason}")
+        import tensorrt as trt
+
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+        engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise SubtuneError(f"{self.path}: TensorRT {trt.__version__} could not deserialize the engine; engines only "
+                               "load with the TensorRT version and GPU they were built for, so rebuild it here")
+        return engine
+
+
+class TrtRunner(BaseRunner):
+    """Runs an engine with device buffers sized to the current input shapes (dynamic batch).
+
+    Buffers are torch CUDA tensors, so no CUDA Python binding beyond torch is needed. With
+    `cuda_graph=True` each new input shape is run once normally (TensorRT finishes its
+    shape-dependent setup on that run, which cannot be captured), then captured into a CUDA
+    graph that later calls replay. `inference_time` covers the device execution only; the host
+    to device copies of inputs and outputs happen outside it.
+
+    UNRUN: no GPU and no TensorRT where this was written; see the module docstring.
+    """
+
+    runtime = "tensorrt"
+
+    def __init__(self, engine, *, cuda_graph: bool = False, name: str | None = None):
+        """`engine`: an ICudaEngine, or a loader such as EngineFromPath that makes one."""
+        super().__init__(name)
+        self._source = engine
+        self.cuda_graph = cuda_graph
+        self.engine = self.context = self._stream = None
+
+    def activate_impl(self) -> None:
+        reason = tensorrt_unavailable_reason()
+        if reason:
+            raise SubtuneError(f"cannot run a TensorRT engine: {reason}")
+        import tensorrt as trt
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SubtuneError("the TensorRT runner needs a CUDA GPU visible to torch (torch.cuda.is_available() is False)")
+        self.engine = self._source() if callable(self._source) else self._source
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise SubtuneError("TensorRT could not create an execution context (out of GPU memory?)")
+        self._stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self._input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._output_names = [n for n in names if n not in self._input_names]
+        self._np_dtypes = {n: trt.nptype(self.engine.get_tensor_dtype(n)) for n in names}
+        self._bound_shapes = None  # input shapes the buffers, addresses and graph were made for
+        self._buffers: dict[str, Any] = {}
+        self._graph = None
+
+    def deactivate_impl(self) -> None:
+        self._graph = None
+        self._buffers = {}
+        self.context = None
+        self._stream = None
+        self.engine = None
+
+    def input_metadata_impl(self) -> dict[str, TensorSpec]:
+        import numpy as np
+
+        return {n: TensorSpec(tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(n)),
+                              np.dtype(self._np_dtypes[n]).name) for n in self._input_names}
+
+    def output_names_impl(self) -> list[str]:
+        return list(self._output_names)
+
+    def infer_impl(self, feeds: dict[str, "np.ndarray"]) -> dict[str, "np.ndarray"]:
+        import torch
+
+        shapes = tuple(tuple(feeds[n].shape) for n in self._input_names)
+        with torch.cuda.stream(self._stream):
+            if shapes != self._bound_shapes:
+                self._bind(dict(zip(self._input_names, shapes)))
+            for n in self._input_names:
+                self._buffers[n].copy_(torch.from_numpy(feeds[n]))
+            start = time.perf_counter()
+            if self._graph is not None:
+                self._graph.replay()
+            elif not self.context.execute_async_v3(self._stream.cuda_stream):
+                raise SubtuneError(f"{self.name}: TensorRT failed to enqueue the engine")
+            self._stream.synchronize()
+            self.inference_time = time.perf_counter() - start
+            return {n: self._buffers[n].cpu().numpy() for n in self._output_names}
+
+    def _bind(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set input shapes, allocate buffers for them and the outputs they imply, give TensorRT
+        their addresses, and (optionally) capture the graph for this shape."""
+        import numpy as np
+        import torch
+
+        self._graph = None
+        buffers = {}
+        for n, shape in shapes.items():
+            if not self.context.set_input_shape(n, shape):
+                lo, _, hi = self.engine.get_tensor_profile_shape(n, 0)
+                raise SubtuneError(f"{self.name}: input {n!r} shape {shape} is outside the engine's profile "
+                                   f"({tuple(lo)} .. {tuple(hi)}); rebuild with a wider --batch-range")
+            buffers[n] = torch.empty(shape, dtype=_torch_dtype(self._np_dtypes[n]), device="cuda")
+        for n in self._output_names:
+            shape = tuple(self.context.get_tensor_shape(n))
+            buffers[n] = torch.empty(shape, dtype=_torch_dtype(self._np_dtypes[n]), device="cuda")
+        for n, buf in buffers.items():
+            self.context.set_tensor_address(n, buf.data_ptr())
+        self._buffers, self._bound_shapes = buffers, tuple(shapes.values())
+        if self.cuda_graph:
+            for n in self._input_names:
+                buffers[n].copy_(torch.from_numpy(np.zeros(shapes[n], dtype=self._np_dtypes[n])))
+            self.context.execute_async_v3(self._stream.cuda_stream)  # uncaptured first run at this shape
+            self._stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, stream=self._stream):
+                    self.context.execute_async_v3(self._stream.cuda_stream)
+            except RuntimeError as e:
+                raise SubtuneError(f"{self.name}: this engine cannot be captured in a CUDA graph ({str(e)[:200]}); "
+                                   "run without --cuda-graph") from e
+            self._graph = graph
+
+    def describe_impl(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"cuda_graph": self.cuda_graph, "timing": "device execution (copies outside)"}
+        if importlib.util.find_spec("tensorrt") is not None:
+            import tensorrt as trt
+
+            info["version"] = trt.__version__
+        if self.engine is not None:
+            import torch
+
+            info["device"] = torch.cuda.get_device_name()
+            info["profile"] = {n: [list(s) for s in self.engine.get_tensor_profile_shape(n, 0)]
+                               for n in self._input_names}
+        return info
+
+
+def _torch_dtype(np_dtype):
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype

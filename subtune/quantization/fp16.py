@@ -1,0 +1,40 @@
+"""FP16 conversion: weights and activations in half precision, for GPU runtimes.
+
+Kept in fp32:
+  1. Graph inputs and outputs, with a Cast at each boundary: the FP16 graph is a drop-in for the
+     fp32 one (same preprocessing, same consumers, same `images`/logit dtypes), and one cast of
+     the input costs nothing next to the first convolution.
+  2. Normalisation statistics and softmax (FP32_OPS): sums over many terms, where fp16 loses
+     digits that the next layer amplifies.
+  3. The heads, the nodes producing graph outputs: the logits are compared and thresholded.
+Everything else (convolutions, matrix products, activations, fork/merge/split) runs in fp16.
+ONNX Runtime's CPU provider runs the result (casting where it lacks fp16 kernels), which is what
+verification uses; speed is for the GPU runtimes.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import onnx_ir as ir
+
+from subtune.quantization.calibration import quiet_onnxruntime_quantization
+
+FP32_OPS = ["LayerNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization",
+            "ReduceMean", "Softmax"]
+
+
+def convert_fp16(model: ir.Model) -> tuple[ir.Model, dict]:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    proto = ir.to_proto(model)
+    outputs = {v.name for v in proto.graph.output}
+    heads = sorted(n.name for n in proto.graph.node if outputs & set(n.output))
+    with warnings.catch_warnings(), quiet_onnxruntime_quantization():
+        warnings.simplefilter("ignore")  # value-range notes about weights rounded to fp16
+        converted = convert_float_to_float16(proto, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS,
+                                             node_block_list=heads)
+    kept = sorted({n.op_type for n in proto.graph.node if n.op_type in FP32_OPS})
+    report = {"scheme": {"weights": "fp16", "activations": "fp16", "graph_io": "fp32 (Cast at the boundary)",
+                         "kept_fp32": {"ops": kept, "heads": heads}}}
+    return ir.from_proto(converted), report

@@ -1,0 +1,128 @@
+"""The command line: bad input gets one line, exit 1, no traceback, no output file."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from subtune.cli import main
+from subtune.formats import load_task, save_task
+from subtune.synthetic import synthetic_task
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_compile_writes_onnx_report_and_prints_errors(tmp_path, capsys, resnet18_files):
+    d = resnet18_files
+    out = tmp_path / "m.onnx"
+    code, stdout, _ = _run(capsys, "compile", str(d / "base.pt"), str(d / "early.pt"), str(d / "siam.pt"),
+                           "-o", str(out), "--image-size", "32", "--verify-batches", "1,3")
+    assert code == 0 and out.is_file() and (tmp_path / "m.report.json").is_file()
+    assert "early" in stdout and "max abs err" in stdout
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def _task_variant(d, tmp_path, name, mutate):
+    task = load_task(d / "early.pt")
+    mutate(task)
+    path = tmp_path / f"{name}.pt"
+    save_task(path, task)
+    return path
+
+
+BAD_INPUTS = {
+    "missing": (lambda d, t: t / "nope.pt", "not found"),
+    "truncated": (lambda d, t: _truncate(d / "early.pt", t / "trunc.pt"), "truncated or not a PyTorch file"),
+    "text file": (lambda d, t: _write(t / "notes.pt", b"hello"), "task file"),
+    "base given as task": (lambda d, t: d / "base.pt", "expected a task file"),
+    "pickled module": (lambda d, t: _save(t / "mod.pt", {"m": torch.nn.Linear(1, 1)}), "pickled Python objects"),
+    "other base": (lambda d, t: _task_variant(d, t, "fp", lambda k: setattr(k, "base_fingerprint", "f" * 64)),
+                   "another base"),
+    "out of range": (lambda d, t: _task_variant(d, t, "oor", lambda k: setattr(k, "blocks", [9, 10])), "out of range"),
+    "not consecutive": (lambda d, t: _task_variant(d, t, "nc", lambda k: setattr(k, "blocks", [2, 4])),
+                        "not consecutive"),
+    "block misfit": (lambda d, t: _task_variant(d, t, "bm", lambda k: k.block_state["2"].__setitem__(
+        "conv1.weight", torch.zeros(3, 3, 3, 3))), "has shape"),
+    "head misfit": (lambda d, t: _task_variant(d, t, "hm", lambda k: k.head.__setitem__("weight", torch.zeros(10, 9))),
+                    "head takes 9 inputs"),
+    "duplicate names": (lambda d, t: d / "early.pt", "two tasks are named"),
+}
+
+
+def _truncate(src, dst):
+    dst.write_bytes(src.read_bytes()[:5000])
+    return dst
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _save(path, obj):
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, resnet18_files, case):
+    make, message = BAD_INPUTS[case]
+    d = resnet18_files
+    bad = make(d, tmp_path)
+    out = tmp_path / "out" / "m.onnx"
+    out.parent.mkdir()
+    code, _, err = _run(capsys, "compile", str(d / "base.pt"), str(d / "early.pt"), str(bad), "-o", str(out),
+                        "--image-size", "32", "--no-verify")
+    assert code == 1
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert list(out.parent.iterdir()) == []
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path, capsys, resnet18_files):
+    code, _, err = _run(capsys, "compile", str(resnet18_files / "base.pt"), "-o", str(tmp_path / "no" / "m.onnx"))
+    assert code == 1 and "does not exist" in err
+
+
+def test_engine_without_tensorrt_names_the_cpu_path(tmp_path, capsys, resnet18_files):
+    from subtune.runtimes.tensorrt import tensorrt_unavailable_reason
+
+    if tensorrt_unavailable_reason() is None:
+        pytest.skip("TensorRT and a GPU are present: the engine path is tested in tests/runtimes")
+    out = tmp_path / "engine.plan"
+    code, _, err = _run(capsys, "compile", str(resnet18_files / "base.pt"), "-o", str(out))
+    assert code == 1 and "-o model.onnx" in err and not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_subprocess_exit_code_and_debug_traceback(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "subtune.cli", "compile", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m.onnx")]
+    quiet = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and "not found" in quiet.stderr
+    loud = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env)
+    assert loud.returncode != 0 and "Traceback" in loud.stderr
+
+
+def test_base_command_and_synthetic_task(tmp_path, capsys):
+    code, out, _ = _run(capsys, "base", "--arch", "torchvision:resnet18", "--num-classes", "5", "-o", str(tmp_path / "b.pt"))
+    assert code == 0 and "random weights (seed 0" in out
+    code, _, _ = _run(capsys, "synthetic-task", str(tmp_path / "b.pt"), "--blocks", "layer3", "--name", "t",
+                      "-o", str(tmp_path / "t.pt"))
+    assert code == 0 and load_task(tmp_path / "t.pt").blocks == [5, 6]
+    code, _, err = _run(capsys, "base", "--arch", "torchvision:resnet5", "-o", str(tmp_path / "x.pt"))
+    assert code == 1 and "unknown architecture" in err and not (tmp_path / "x.pt").exists()
+
+
+def test_parsing_imports_nothing_heavy():
+    code = ("import sys; from subtune.cli import build_parser; build_parser(['compile'])"
+            ".parse_args(['compile', 'b.pt', '-o', 'm.onnx']); "
+            "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'timm') if m in sys.modules]; "
+            "print(heavy); assert not heavy")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
