@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec "${PYTHON:-python3}" -m pytest -q -p no:cacheprovider --timeout=900 "$@"
+exec "${PYTHON:-python3}" -m pytest -q -p no:cacheprovider --timeout=900 -m "not slow" "$@"

@@ -9,7 +9,6 @@ import torch
 
 from subtune.cli import main
 from subtune.formats import load_task, save_task
-from subtune.synthetic import synthetic_task
 
 
 def _run(capsys, *argv):

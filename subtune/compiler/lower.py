@@ -109,7 +109,6 @@ class MultiTaskModel(nn.Module):
         self._fork_names = list(self.forks)
         self._merge_names = list(self.merges)
 
-
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bb = self.backbone
         shared = bb.stem(images)

@@ -55,29 +55,38 @@ class CompileOptions:
 
 def compile_plan(plan: Plan, options: CompileOptions | None = None) -> Plan:
     options = options or CompileOptions()
-    steps = [("validate", validate), ("schedule", schedule), ("lower", lower), ("export", export),
-             ("clean up", clean_up), ("check TensorRT compatibility", check_tensorrt)]
-    if not options.check_tensorrt:
-        steps.pop()
-    if options.prune is not None:
-        steps.insert(1, ("prune", prune))
-    if options.verify:
-        steps.append(("verify", verify_plan))
-    if options.precision is not None:
-        steps.insert(1, ("load calibration data", load_calibration))
-        steps.append(("quantize", quantize))
-        if options.verify:
-            steps.append(("verify precision", verify_precision))
-        if options.check_tensorrt and options.precision.tensorrt_compatible:
-            steps.append((f"check TensorRT compatibility ({options.precision.precision})", check_tensorrt))
     timings = plan.report.setdefault("seconds", {})
-    for name, step in steps:
+    for name, step in steps(options):
         if options.on_step:
             options.on_step(name)
         start = time.perf_counter()
         step(plan, options)
         timings[name] = round(time.perf_counter() - start, 3)
     return plan
+
+
+def steps(options: CompileOptions):
+    """The pipeline for these options, in order: (name, step(plan, options))."""
+    reduced = options.precision
+    yield "validate", validate
+    if reduced:  # early, so a bad --calibration fails before the slow steps
+        yield "load calibration data", load_calibration
+    if options.prune is not None:
+        yield "prune", prune
+    yield "schedule", schedule
+    yield "lower", lower
+    yield "export", export
+    yield "clean up", clean_up
+    if options.check_tensorrt:
+        yield "check TensorRT compatibility", check_tensorrt
+    if options.verify:
+        yield "verify", verify_plan
+    if reduced:
+        yield "quantize", quantize
+        if options.verify:
+            yield "verify precision", verify_precision
+        if options.check_tensorrt and reduced.tensorrt_compatible:
+            yield f"check TensorRT compatibility ({reduced.precision})", check_tensorrt
 
 
 def validate(plan: Plan, options: CompileOptions) -> None:

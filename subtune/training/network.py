@@ -116,9 +116,10 @@ class SubTuneNet(nn.Module):
 
     @classmethod
     def from_task(cls, backbone: Backbone, task: TaskDelta) -> "SubTuneNet":
+        from subtune.compiler.lower import task_blocks  # rebuilds pruned blocks at their smaller size
+
         net = cls(backbone, task.blocks, task.num_classes, siamese=task.siamese)
-        for b, block in zip(task.blocks, net.tuned):
-            block.load_state_dict(task.block_state[str(b)])
+        net.tuned = task_blocks(task, backbone)
         net.head.load_state_dict(task.head)
         return net.eval()
 

@@ -4,7 +4,6 @@ part of compile_plan and raises on any output beyond 1e-4 relative)."""
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
 from subtune.compiler.plan import Plan
