@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from subtune.bench import plots
-from subtune.bench.harness import PAPER_PROTOCOL, Protocol
+from subtune.bench.harness import protocol_from_flags
 from subtune.bench.report import save_result, tradeoff_table
 from subtune.bench.tradeoff import load_profile, measure_tradeoff
 from subtune.formats import load_base, make_base
@@ -39,9 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)  # fail before hours of timing, not after
 
-    protocol = PAPER_PROTOCOL if args.paper_protocol else Protocol()
-    protocol = Protocol(**{**protocol.__dict__, **{k: v for k in ("warmup", "iters", "repeats")
-                                                   if (v := getattr(args, k)) is not None}})
+    protocol = protocol_from_flags(args)
     base = load_base(args.base) if args.base else make_base(args.arch, seed=0)
     entries = load_profile(args.profile, arch=base.arch)
     size = (args.image_size, args.image_size) if args.image_size else None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from subtune.bench import plots
 from subtune.bench.compare import run_compare
-from subtune.bench.harness import PAPER_PROTOCOL, Protocol
+from subtune.bench.harness import protocol_from_flags
 from subtune.bench.report import compare_table, save_result
 from subtune.bench.variants import RuntimeSpec
 from subtune.formats import make_base
@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)  # fail before hours of timing, not after
 
-    protocol = PAPER_PROTOCOL if args.paper_protocol else Protocol()
-    protocol = Protocol(**{**protocol.__dict__, **{k: v for k in ("warmup", "iters", "repeats")
-                                                   if (v := getattr(args, k)) is not None}})
+    protocol = protocol_from_flags(args)
     counts = [int(k) for k in args.task_counts.split(",")]
     batches = [int(b) for b in args.batch.split(",")]
     base = make_base(args.arch, seed=0)

@@ -45,6 +45,14 @@ class Protocol:
 PAPER_PROTOCOL = Protocol(warmup=300, iters=300, repeats=10)  # Appendix A, "Inference Time Measurement"
 
 
+def protocol_from_flags(args) -> Protocol:
+    """The protocol that --paper-protocol / --warmup / --iters / --repeats ask for: explicit
+    counts win over either default."""
+    chosen = PAPER_PROTOCOL if args.paper_protocol else Protocol()
+    given = {k: getattr(args, k) for k in ("warmup", "iters", "repeats") if getattr(args, k) is not None}
+    return Protocol(**{**chosen.__dict__, **given})
+
+
 @dataclass
 class Timing:
     """One variant's latency at one batch size."""

@@ -44,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from subtune.atomic import check_writable
     from subtune.errors import SubtuneError
 
+    from subtune.bench.harness import protocol_from_flags
+
     batches = _positive_ints(args.batch, "--batch")
-    protocol = _protocol(args)
+    protocol = protocol_from_flags(args)
     if args.threads is not None and args.threads < 1:
         raise SubtuneError(f"--threads must be at least 1, found {args.threads}")
     for path in (args.json, args.plot):
@@ -170,14 +172,6 @@ def _runtime_spec(args, batches: list[int]):
     # TensorRT engines get one profile spanning the timed batch sizes, tuned for the largest
     return RuntimeSpec(runtime, provider=args.provider or "cpu", cuda_graph=args.cuda_graph,
                        batch_range=(min(batches), max(batches), max(batches)))
-
-
-def _protocol(args):
-    from subtune.bench.harness import PAPER_PROTOCOL, Protocol
-
-    chosen = PAPER_PROTOCOL if args.paper_protocol else Protocol()
-    given = {k: getattr(args, k) for k in ("warmup", "iters", "repeats") if getattr(args, k) is not None}
-    return Protocol(**{**chosen.__dict__, **given})  # explicit flags win over either default
 
 
 def _positive_ints(text: str, flag: str) -> list[int]:

@@ -13,7 +13,7 @@ import pytest
 
 from subtune.bench.overhead import identity_onnx
 from subtune.cli import build_parser, main
-from subtune.commands.bench import _protocol
+from subtune.bench.harness import protocol_from_flags as _protocol
 
 QUICK = ["--warmup", "1", "--iters", "3", "--repeats", "2"]
 
