@@ -173,7 +173,7 @@ def _pm(entry: dict, key: str) -> str:
 def format_table(r: dict) -> str:
     p = r["protocol"]
     rows = [("linear probe", "–", r["linear"]),
-            (f"SubTuning, best single block by validation", _span_list(r["best_single_by_val"]["blocks"]),
+            ("SubTuning, best single block by validation", _span_list(r["best_single_by_val"]["blocks"]),
              r["best_single_by_val"]),
             (f"SubTuning, greedy (ε={r['greedy']['path']['epsilon']}, ≤{r['greedy']['path']['max_blocks']} blocks)",
              _span_list(r["greedy"]["blocks"]), r["greedy"])]

@@ -7,6 +7,8 @@
 2. Latency: one graph with 4 tasks on the same blocks (weights differing from the base's), on
    ONNX Runtime CPU at batch 1, unpruned and pruned at each --latency-ratios, with round_to off
    and 8; every graph verified against PyTorch as it compiles. Timed interleaved in one run.
+   --latency-image-size 224 times the graphs at full resolution (at 64 px the tuned blocks
+   cost little, so pruning them hardly shows).
 
     python bench/prune_sweep.py                                        # the acceptance run (long on 2 cores)
     python bench/prune_sweep.py --train-limit 200 --test-limit 300 --train-epochs 2 \\
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
     p.add_argument("--latency-ratios", default="0.3,0.5,0.7")
     p.add_argument("--latency-tasks", type=int, default=4)
+    p.add_argument("--latency-image-size", type=int,
+                   help="input size of the latency graphs (default: the task's); at 64 px the tuned blocks are tiny")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
@@ -121,7 +125,8 @@ def latency_table(args, base, task) -> dict:
     _, backbone = base.build()
     tasks = [synthetic_task(base, f"task{i}", task.blocks, num_classes=task.num_classes, seed=i, backbone=backbone)
              for i in range(args.latency_tasks)]
-    size = tuple(task.meta["preprocess"]["image_size"])
+    size = ((args.latency_image_size,) * 2 if args.latency_image_size
+            else tuple(task.meta["preprocess"]["image_size"]))
     variants = {"base alone": (Plan(base, [], input_size=size), None),
                 "unpruned": (Plan(base, tasks, input_size=size), None)}
     for r in (float(x) for x in args.latency_ratios.split(",")):

@@ -13,12 +13,18 @@ def describe(path: str) -> dict:
         return _describe_onnx(path)
     from subtune.formats import BASE_FORMAT, TASK_FORMAT, load_base, load_dict, load_task
 
-    fmt = load_dict(path, "subtune").get("format")
+    raw = load_dict(path, "subtune")
+    fmt = raw.get("format")
     if fmt == BASE_FORMAT:
         base = load_base(path)
         n = sum(v.numel() for v in base.state_dict.values())
-        return {"format": fmt, "arch": base.arch, "arch_kwargs": base.arch_kwargs, "parameters": n,
-                "fingerprint": base.fingerprint}
+        info = {"format": fmt, "kind": raw.get("kind", "base"), "arch": base.arch, "arch_kwargs": base.arch_kwargs,
+                "parameters": n, "fingerprint": base.fingerprint}
+        # A fully finetuned model is written in the base format (training/outputs.py): say what it came from.
+        info.update({k: raw[k] for k in ("finetuned_from", "classes") if k in raw})
+        if isinstance(raw.get("meta"), dict):
+            info["meta"] = {k: v for k, v in raw["meta"].items() if k != "history"}
+        return info
     if fmt == TASK_FORMAT:
         t = load_task(path)
         n = sum(v.numel() for sd in t.block_state.values() for v in sd.values())

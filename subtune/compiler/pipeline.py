@@ -166,7 +166,17 @@ def _metadata(plan: Plan) -> dict[str, object]:
     pre = {t.name: t.meta["preprocess"] for t in plan.tasks if "preprocess" in t.meta}
     if pre:
         meta["subtune.preprocess"] = pre
+    pruned = {t.name: _pruning_summary(t.meta["pruned"].get("report", {})) for t in plan.tasks
+              if isinstance(t.meta.get("pruned"), dict)}
+    if pruned:
+        meta["subtune.pruning"] = pruned
     return meta
+
+
+def _pruning_summary(report: dict) -> dict[str, object]:
+    """What a service may want to know of a pruned task; the per-layer channel counts stay in the
+    compile report and the task file."""
+    return {k: report[k] for k in ("options", "params", "flops", "params_kept", "flops_kept") if k in report}
 
 
 def check_tensorrt(plan: Plan, options: CompileOptions) -> None:

@@ -4,12 +4,11 @@ import pytest
 
 from subtune.formats import make_base
 from subtune.synthetic import synthetic_task
-from tests.bench import tiny  # registers tiny:resnet4
 
 
 @pytest.fixture(scope="session")
 def tiny_base():
-    return make_base(tiny.ARCH, seed=0)
+    return make_base("subtune:tiny_resnet", seed=0)  # 8 BasicBlocks, widths 8-64
 
 
 @pytest.fixture(scope="session")

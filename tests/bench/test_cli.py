@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -99,8 +98,6 @@ def test_compare_through_onnxruntime_end_to_end(tmp_path, tiny_base, tiny_tasks)
     out, png = tmp_path / "compare.json", tmp_path / "compare.png"
     code = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import tiny
         from subtune.cli import main
         sys.exit(main(["bench", "--compare", "b.pt", "t1.pt", "--batch", "1,2",
                        "--threads", "1", "--json", {str(out)!r}, "--plot", {str(png)!r},

@@ -40,7 +40,7 @@ def test_cost_model_predicts_each_compiled_row(result):
         assert p.measured_added_ms == r.added_ms
         assert p.predicted_added_ms > 0
         assert p.error_ms == pytest.approx(p.predicted_added_ms - p.measured_added_ms)
-    assert [c.name for c in result.layers] == ["stem", "layers.0", "layers.1", "layers.2", "layers.3"]
+    assert [c.name for c in result.layers] == ["stem"] + [f"layer{s}.{i}" for s in range(1, 5) for i in range(2)]
     assert result.machine["threads"] == 1 and result.runtime["runtime"] == "torch"
 
 

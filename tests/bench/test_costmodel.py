@@ -80,7 +80,7 @@ def test_prediction_reports_its_error_against_the_measurement():
 def test_layer_costs_count_conv_flops_and_weight_bytes(tiny_base):
     _, backbone = tiny_base.build()
     layers = layer_costs(backbone, (16, 16))
-    assert [c.name for c in layers] == ["stem", "layers.0", "layers.1", "layers.2", "layers.3"]
+    assert [c.name for c in layers] == ["stem"] + [f"layer{s}.{i}" for s in range(1, 5) for i in range(2)]
     # block 1: two 3x3 convs, 8 -> 8 channels at 16x16; FLOPs = 2 per multiply-add (plus BN/ReLU/add: none counted)
     assert layers[1].flops == 2 * 2 * (16 * 16 * 8 * 8 * 9)
     conv_params, bn_tensors = 2 * 8 * 8 * 9, 2 * 4 * 8  # BN: weight, bias, running mean, running var

@@ -17,9 +17,9 @@ def test_profile_as_a_list_or_under_entries_with_extra_keys(tmp_path):
     entries = [{"blocks": [3, 4], "accuracy": 0.9, "epochs": 5}, {"blocks": [4, 4], "accuracy": 0.8}]
     assert [(e.window, e.accuracy) for e in parse_profile(entries)] == [((3, 4), 0.9), ((4, 4), 0.8)]
     path = tmp_path / "profile.json"
-    path.write_text(json.dumps({"arch": "tiny:resnet4", "entries": entries, "notes": "x"}))
-    assert [e.label for e in load_profile(path, arch="tiny:resnet4")] == ["3-4", "4"]
-    with pytest.raises(SubtuneError, match="made for tiny:resnet4, but the base is torchvision:resnet50"):
+    path.write_text(json.dumps({"arch": "subtune:tiny_resnet", "entries": entries, "notes": "x"}))
+    assert [e.label for e in load_profile(path, arch="subtune:tiny_resnet")] == ["3-4", "4"]
+    with pytest.raises(SubtuneError, match="made for subtune:tiny_resnet, but the base is torchvision:resnet50"):
         load_profile(path, arch="torchvision:resnet50")
 
 
@@ -82,5 +82,5 @@ def test_measure_tradeoff_times_each_window_once(tiny_base, quick, tmp_path):
 
 def test_window_beyond_the_model_is_a_user_error(tiny_base, quick):
     with pytest.raises(SubtuneError, match="out of range"):
-        measure_tradeoff(tiny_base, parse_profile([{"blocks": [4, 5], "accuracy": 1}]), batch=1, protocol=quick,
+        measure_tradeoff(tiny_base, parse_profile([{"blocks": [8, 9], "accuracy": 1}]), batch=1, protocol=quick,
                          runtime=RuntimeSpec("torch"), show_progress=False)

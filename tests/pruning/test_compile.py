@@ -2,6 +2,7 @@
 eager, batch 1 and 5, inside compile_plan), and the base output stays the base model's."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -34,3 +35,6 @@ def test_pruned_tasks_compile_and_verify(family, family_models):
     assert {(c["batch"], c["output"]) for c in checks} == {(b, o) for b in (1, 5) for o in outputs}
     assert max(c["relative_error"] for c in checks) <= 1e-4
     assert {c["reference"] for c in checks if c["output"] == "base"} == {"base model alone"}
+    recorded = json.loads(plan.onnx.metadata_props["subtune.pruning"])  # services can see what was pruned
+    assert recorded["pruned_ahead"]["options"]["ratio"] == 0.3 and recorded["pruned_here"]["options"]["ratio"] == 0.5
+    assert recorded["pruned_here"]["params_kept"] == pruning["pruned_here"]["params_kept"]

@@ -87,6 +87,10 @@ def test_train_siamese_linear_and_full_modes(tmp_path, capsys, base_path, folder
     assert raw["finetuned_from"] == base.fingerprint and raw["classes"] == ["blue", "green", "red"]
     full = load_base(tmp_path / "full.pt")  # a valid base file: compiles as a model of its own
     assert full.arch_kwargs["num_classes"] == 3 and full.fingerprint != base.fingerprint
+    code, out, _ = _run(capsys, "inspect", "--json", tmp_path / "full.pt")
+    shown = json.loads(out)
+    assert code == 0 and shown["kind"] == "full-finetune" and shown["finetuned_from"] == base.fingerprint
+    assert shown["meta"]["mode"] == "full"
 
 
 def test_train_auto_runs_greedy_on_validation(tmp_path, capsys, base_path, folder):
