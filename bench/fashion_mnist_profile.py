@@ -32,6 +32,7 @@ from dataclasses import asdict, replace  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_cache_speedup import format_speedup, labelled_splits, measure, pretrained_base  # noqa: E402
+from subtune.atomic import write_text  # noqa: E402
 
 ARCH = "timm:efficientnet_lite0"
 
@@ -52,8 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--estimate", action="store_true", help="time two epochs on --estimate-train images, extrapolate")
     p.add_argument("--estimate-train", type=int, default=256)
+    p.add_argument("--render", metavar="RESULTS_JSON", help="only redraw table.md and profile.png from a results.json")
     p.add_argument("-o", "--out", default="out/fmnist_profile")
     args = p.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            results = json.load(f)
+        _write(args.out, results, format_table(results))
+        print(format_table(results))
+        return 0
 
     import torch
 
@@ -167,6 +175,9 @@ def estimate(trainer, args, seeds: list[int], n_train: int) -> str:
 
 
 def _pm(entry: dict, key: str) -> str:
+    """mean ± std over seeds; a single seed has no spread to show, so it shows none."""
+    if len(entry.get("runs", [])) < 2:
+        return f"{entry[key]:.4f}"
     return f"{entry[key]:.4f} ± {entry.get(key + '_std', 0):.4f}"
 
 
@@ -180,7 +191,8 @@ def format_table(r: dict) -> str:
     if r["full"]:
         rows.append(("full finetuning", "all", r["full"]))
     out = [f"EfficientNet-Lite0 (ImageNet) -> Fashion-MNIST: {p['train']} train / {p['val']} val / {p['test']} test "
-           f"images at {p['image_size']}px, {p['training']['epochs']} epochs, seeds {p['seeds']} (mean ± std)", "",
+           f"images at {p['image_size']}px, {p['training']['epochs']} epochs, seeds {p['seeds']}"
+           + (" (mean ± std)" if len(p["seeds"]) > 1 else " (one seed: no spread)"), "",
            "| method | blocks | trainable params | val accuracy | test accuracy | s per run |",
            "| --- | --- | ---: | ---: | ---: | ---: |"]
     out += [f"| {name} | {blocks} | {e['params']:,} | {_pm(e, 'accuracy')} | {_pm(e, 'test_accuracy')} | "
@@ -200,10 +212,8 @@ def _write(out_dir: str, results: dict, table: str) -> None:
     from subtune.training.plot import plot_profile
 
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(table + "\n")
+    write_text(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2))
+    write_text(os.path.join(out_dir, "table.md"), table + "\n")
     baselines = {"linear": results["linear"], **({"full": results["full"]} if results["full"] else {})}
     plot_profile({"entries": results["profile"], "baselines": baselines, "arch": ARCH, "data": "Fashion-MNIST (1k)",
                   "window": 1}, os.path.join(out_dir, "profile.png"), stages=results["stages"])

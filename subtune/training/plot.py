@@ -18,7 +18,7 @@ def plot_profile(data: dict, path: str | os.PathLike, *, stages: dict[str, list[
     entries = data["entries"]
     x = [e["blocks"][0] for e in entries]
     labels = [str(b[0]) if b[0] == b[1] else f"{b[0]}-{b[1]}" for b in (e["blocks"] for e in entries)]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(x) + 2), 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(x) + 4.5), 4.2), dpi=120)
     for i, (name, members) in enumerate((stages or {}).items()):
         if i % 2 and members:
             ax.axvspan(members[0] - 0.5, members[-1] + 0.5, color="0.93", zorder=0)
@@ -38,7 +38,7 @@ def plot_profile(data: dict, path: str | os.PathLike, *, stages: dict[str, list[
     ax.set_ylabel("accuracy")
     ax.set_title(f"Finetuning profile: {data.get('arch', '')} on {data.get('data', '')}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # outside: never hides a point
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
