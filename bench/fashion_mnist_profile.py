@@ -57,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", default="out/fmnist_profile")
     args = p.parse_args(argv)
     if args.render:
-        with open(args.render) as f:
-            results = json.load(f)
+        try:
+            with open(args.render) as f:
+                results = json.load(f)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--render expects a results.json this script wrote; could not read {args.render}: {e}")
         _write(args.out, results, format_table(results))
         print(format_table(results))
         return 0
