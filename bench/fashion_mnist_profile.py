@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                 results = json.load(f)
         except (OSError, ValueError) as e:
             raise SystemExit(f"--render expects a results.json this script wrote; could not read {args.render}: {e}")
-        _write(args.out, results, format_table(results))
-        print(format_table(results))
+        table = format_table(results)
+        _write(args.out, results, table)
+        print(table)
         return 0
 
     import torch
