@@ -125,6 +125,7 @@ class RuntimeSpec:
 
     name: str = "onnxruntime"
     provider: str = "cpu"  # ONNX Runtime only
+    device: str = "cpu"  # PyTorch only: "cpu" or "cuda" (inputs copied over and outputs back, as for ORT's CUDA provider)
     threads: int | None = None  # intra-op threads; for ONNX Runtime, the shared pool's size (prepare_runtime)
     cuda_graph: bool = False  # TensorRT only
     batch_range: tuple[int, int, int] = (1, 8, 32)  # TensorRT only
@@ -132,6 +133,8 @@ class RuntimeSpec:
     def __post_init__(self):
         if self.name not in RUNTIMES:
             raise SubtuneError(f"unknown runtime {self.name!r}: expected one of {', '.join(RUNTIMES)}")
+        if self.device != "cpu" and self.name != "torch":
+            raise SubtuneError(f"a device applies to the torch runtime, not {self.name} (ONNX Runtime takes a provider)")
 
 
 def prepare_runtime(runtime: RuntimeSpec, threads: int | None) -> RuntimeSpec:
@@ -162,7 +165,8 @@ def make_runner(spec: RuntimeSpec, module: nn.Module, example: torch.Tensor, out
         from subtune.runtimes.pytorch import TorchRunner
 
         inputs = {"images": TensorSpec((None, *example.shape[1:]), "float32")}
-        runner = TorchRunner(module, inputs=inputs, output_names=output_names, threads=spec.threads, name=name)
+        runner = TorchRunner(module, inputs=inputs, output_names=output_names, device=spec.device,
+                             threads=spec.threads, name=name)
         runner.activate()
         return Built(runner, weight_bytes(module))
     from subtune.compiler.export import export_onnx

@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--compare/--profile: where the variants run (default onnxruntime; a model file's suffix "
                         "picks its runtime)")
     p.add_argument("--provider", choices=PROVIDER_CHOICES, help="ONNX Runtime execution provider (default cpu)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="--runtime torch: where PyTorch runs (default cpu)")
     p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay each shape from a CUDA graph")
     p.add_argument("--image-size", help="--compare/--profile: H or H,W (default: the base architecture's)")
     p.add_argument("--task-counts", help="--compare: compare the first k tasks for each k, e.g. 1,2,4 (default: all)")
@@ -161,6 +162,8 @@ def _runtime_spec(args, batches: list[int]):
     runtime = args.runtime or "onnxruntime"
     if args.provider and runtime != "onnxruntime":
         raise SubtuneError(f"--provider applies to --runtime onnxruntime, not {runtime}")
+    if args.device and runtime != "torch":
+        raise SubtuneError(f"--device applies to --runtime torch, not {runtime} (ONNX Runtime takes --provider)")
     if args.cuda_graph and runtime != "tensorrt":
         raise SubtuneError("--cuda-graph applies to --runtime tensorrt")
     if runtime == "tensorrt":
@@ -170,8 +173,8 @@ def _runtime_spec(args, batches: list[int]):
         if reason:
             raise SubtuneError(f"--runtime tensorrt: {reason}")
     # TensorRT engines get one profile spanning the timed batch sizes, tuned for the largest
-    return RuntimeSpec(runtime, provider=args.provider or "cpu", cuda_graph=args.cuda_graph,
-                       batch_range=(min(batches), max(batches), max(batches)))
+    return RuntimeSpec(runtime, provider=args.provider or "cpu", device=args.device or "cpu",
+                       cuda_graph=args.cuda_graph, batch_range=(min(batches), max(batches), max(batches)))
 
 
 def _positive_ints(text: str, flag: str) -> list[int]:
