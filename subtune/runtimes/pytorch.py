@@ -46,6 +46,10 @@ class TorchRunner(BaseRunner):
         from torch import nn
 
         module = self._source if isinstance(self._source, nn.Module) else self._source()
+        if self.device != "cpu":  # .to() moves in place: a copy leaves the caller's module on the CPU
+            import copy
+
+            module = copy.deepcopy(module)
         self.module = module.eval().to(self.device)
         self._sync = torch.cuda.synchronize if self.device.startswith("cuda") else (lambda: None)
 

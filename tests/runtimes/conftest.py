@@ -20,7 +20,8 @@ def affine_onnx() -> tuple[bytes, np.ndarray, np.ndarray]:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", OUT_FEATURES])],
         initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR version 10: what every ONNX Runtime since 1.16 loads (onnx 1.23 would write 14 by default)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     return model.SerializeToString(), w, b
 
 
