@@ -32,7 +32,9 @@ from dataclasses import asdict, replace  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_cache_speedup import format_speedup, labelled_splits, measure, pretrained_base  # noqa: E402
+
 from subtune.atomic import write_text  # noqa: E402
+from subtune.models.blocks import block_span
 
 ARCH = "timm:efficientnet_lite0"
 
@@ -121,7 +123,7 @@ def run_all(trainer, args, seeds: list[int]) -> dict:
                  "subtune": lambda: trainer.subtune(list(blocks), seed=seed)}[kind]()
             r.net = None  # keep the numbers, not the weights
             runs[key] = r
-            print(f"  {kind:8} {_span(blocks) if kind == 'subtune' else '':>6} seed {seed}: "
+            print(f"  {kind:8} {block_span(blocks) if kind == 'subtune' else '':>6} seed {seed}: "
                   f"val {r.val_accuracy:.4f} test {r.test_accuracy:.4f} ({r.seconds:.0f} s)", flush=True)
         return runs[key]
 
@@ -155,7 +157,7 @@ def estimate(trainer, args, seeds: list[int], n_train: int) -> str:
 
     began = time.perf_counter()
     lin = cost(trainer.linear())
-    per_window = {_span(b): cost(trainer.subtune(b)) for b in windows(trainer.backbone.num_blocks, args.window)}
+    per_window = {block_span(b): cost(trainer.subtune(b)) for b in windows(trainer.backbone.num_blocks, args.window)}
     full = 0.0 if args.no_full else cost(trainer.full())
     greedy_extra = 2 * (args.max_blocks - 1) * 1.5 * statistics.median(per_window.values())
     speed = 0.0
@@ -226,11 +228,6 @@ def _write(out_dir: str, results: dict, table: str) -> None:
 
 def _speedup_json(s) -> dict:
     return {**asdict(s), "speedup_loop": s.speedup_loop, "speedup_total": s.speedup_total, "text": format_speedup(s)}
-
-
-def _span(blocks) -> str:
-    blocks = list(blocks)
-    return f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else str(blocks[0])
 
 
 def _span_list(pair: list[int]) -> str:

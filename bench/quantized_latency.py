@@ -26,6 +26,7 @@ import onnx_ir as ir
 from subtune.bench.harness import Protocol, Timing, time_interleaved
 from subtune.bench.machine import machine_info
 from subtune.bench.report import context_line, save_result, table
+from subtune.models.blocks import block_span
 
 VARIANTS = ("fp32", "int8 tensorrt", "int8 cpu")
 
@@ -133,7 +134,7 @@ def run(args) -> Result:
                     calibration.source, evaluation.source, protocol, threads)
     for target in ("tensorrt", "cpu"):
         start = time.perf_counter()
-        q = {g: quantize_int8(m, calibration, args.calibration_method, target) for g, m in fp32.items()}
+        q = {g: quantize_int8(m, calibration, args.calibration_method, target) for g, m in fp32.items()}  # plain int8
         seconds[f"quantize int8 {target} (both graphs)"] = round(time.perf_counter() - start, 1)
         variant = f"int8 {target}"
         graphs.update({(variant, g): _bytes(r.model) for g, r in q.items()})
@@ -141,13 +142,14 @@ def run(args) -> Result:
         for emulate in ways:
             arithmetic = "QDQ as written" if emulate else "ONNX Runtime kernels"
             gots = run_batches(graphs[variant, multi], evaluation.images, names, emulate_qdq=emulate)
-            rows = agreement(refs, gots, names, evaluation, labelled)
+            rows = agreement(refs, gots, names, {n: evaluation.labels for n in labelled})
             result.outputs += [OutputRow(variant, arithmetic, r.output, r.agreement, r.relative_error, r.accuracy_fp32,
                                          r.accuracy) for r in rows]
             result.base_pinned[f"{variant}, {arithmetic}"] = base_output_difference(
                 graphs[variant, multi], graphs[variant, "base"], evaluation.images, emulate_qdq=emulate)
     fp16 = {g: _bytes(reduce_precision(m, PrecisionOptions("fp16").check(), calibration).model) for g, m in fp32.items()}
-    rows = agreement(refs, run_batches(fp16[multi], evaluation.images, names), names, evaluation, labelled)
+    rows = agreement(refs, run_batches(fp16[multi], evaluation.images, names), names,
+                     {n: evaluation.labels for n in labelled})
     result.outputs += [OutputRow("fp16", "ONNX Runtime kernels", r.output, r.agreement, r.relative_error,
                                  r.accuracy_fp32, r.accuracy) for r in rows]
     result.base_pinned["fp16 (not pinned: float rounding)"] = base_output_difference(fp16[multi], fp16["base"],
@@ -194,7 +196,7 @@ def _call(model: bytes, feeds: dict, threads: int):
 
 def format_result(r: Result) -> str:
     runtime = {"runtime": "onnxruntime", "provider": "CPU", "intra_op_threads": r.threads}
-    lines = [f"{r.arch} @{r.input_size[0]}, tasks {', '.join(t['name'] + ' ' + _span(t['blocks']) for t in r.tasks)}",
+    lines = [f"{r.arch} @{r.input_size[0]}, tasks {', '.join(t['name'] + ' ' + block_span(t['blocks']) for t in r.tasks)}",
              context_line(r.machine, runtime, r.protocol), "",
              "Latency (median ms; x: relative to the fp32 base at that batch size)"]
     rows = [[f"{row.variant} {row.graph}", str(row.timing.batch), f"{row.timing.median_ms:.2f}",
@@ -207,10 +209,6 @@ def format_result(r: Result) -> str:
               "Base output, k-task graph vs base-only graph (max |difference|):"]
     lines += [f"  {k}: {v:g}" for k, v in r.base_pinned.items()]
     return "\n".join(lines)
-
-
-def _span(blocks) -> str:
-    return f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else str(blocks[0])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 #   ImageNet-pretrained EfficientNet-Lite0 base
 #   -> two tasks SubTuned on Fashion-MNIST (the ten classes; tops/bottoms/footwear/bags)
 #   -> one compiled multi-task ONNX graph, verified against PyTorch eager
-#   -> a latency table: base alone vs one model per task vs split sessions vs the compiled graph.
+#   -> a latency table: base alone vs one model per task vs split sessions vs the compiled graph
+#   -> a Triton model repository (image bytes in, every task's classes out) that `subtune serve` serves
+#   -> the C++ library and CLI, classifying two Fashion-MNIST test images from the same graph.
 # Everything lands in runs/main/ (override with OUT=...). EPOCHS=50 follows the paper's
 # low-data setting; the default 10 keeps the job short.
 set -euo pipefail
@@ -23,4 +25,18 @@ subtune train "$OUT/base.pt" --data fashion-mnist --limit 1250 --image-size 64 -
 subtune-compile "$OUT/base.pt" "$OUT/fashion10.pt" "$OUT/coarse4.pt" -o "$OUT/model.onnx"
 subtune-bench --compare "$OUT/base.pt" "$OUT/fashion10.pt" "$OUT/coarse4.pt" --image-size 64 --batch 1,8 \
   --json "$OUT/latency.json" --plot "$OUT/latency.png"
-echo "main job done: $OUT/model.onnx, $OUT/model.report.json, $OUT/latency.json, $OUT/latency.png"
+subtune triton-repo "$OUT/model.onnx" -o "$OUT/triton" --preprocess --force   # serve: subtune serve $OUT/triton
+
+# Two held-out images as PNG files, then the C++ CLI on them (the build fetches its SDK once, then is cached)
+python3 - "$OUT" <<'PY'
+import gzip, sys
+import numpy as np
+from PIL import Image
+raw = gzip.open("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").read()
+images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+for i in (0, 1):
+    Image.fromarray(images[i]).convert("RGB").save(f"{sys.argv[1]}/test{i}.png")
+PY
+cmake -S cpp -B build/cpp -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build/cpp -j 2 >/dev/null
+build/cpp/subtune-infer "$OUT/model.onnx" --image "$OUT/test0.png" "$OUT/test1.png" --top 2
+echo "main job done: $OUT/model.onnx, $OUT/model.report.json, $OUT/latency.json, $OUT/latency.png, $OUT/triton/"

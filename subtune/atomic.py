@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -38,6 +39,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
+    """Yield temporary paths for several files of one folder; rename them over `paths` only if
+    the block succeeds, the first path last (put the file that refers to the others first: an
+    ONNX model before its external data, so a reader never sees the new model without its
+    weights). A file the block did not write is not renamed. The temporaries keep their final
+    names inside a fresh hidden folder beside the targets, so files that refer to each other by
+    name (ONNX external data) stay consistent."""
+    targets = [check_writable(p) for p in paths]
+    parent = targets[0].parent
+    if any(t.parent.resolve() != parent.resolve() for t in targets) or len({t.name for t in targets}) != len(targets):
+        raise ValueError(f"atomic_files needs distinct files in one folder, got {[str(t) for t in targets]}")
+    folder = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.", suffix=".tmp", dir=parent))
+    temps = tuple(folder / t.name for t in targets)
+    try:
+        yield temps
+        mode = 0o666 & ~_umask()
+        for tmp, target in reversed(list(zip(temps, targets))):
+            if tmp.exists():
+                os.chmod(tmp, mode)
+                os.replace(tmp, target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

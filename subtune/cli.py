@@ -24,6 +24,8 @@ COMMANDS = {
     "prune": "Prune the channels inside a task's tuned blocks (Torch-Pruning), then recover accuracy on data.",
     "prune-sweep": "Accuracy against parameters kept for pruning ratios 0.1-0.9, local/global x L1/L2 (JSON + PNG).",
     "bench": "Time a model, compare deployments of a base and its tasks, or plot accuracy against added latency.",
+    "triton-repo": "Write a Triton model repository for a compiled graph (python, onnxruntime or tensorrt backend).",
+    "serve": "Serve a Triton model repository or a compiled graph with a real tritonserver on 127.0.0.1.",
 }
 
 

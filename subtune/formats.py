@@ -148,9 +148,25 @@ def _diff_keys(expected: dict, found: dict) -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------- task
 
 
+TASK_KINDS = ("delta", "tap")
+
+
 @dataclass
 class TaskDelta:
-    """A SubTuned task: new weights for blocks first..last (1-based, inclusive) and a new head."""
+    """A task: new weights for blocks first..last (1-based, inclusive) and a new head (kind
+    "delta": SubTuning, LoRA merged into its blocks, pruned tasks); or a head on the base's own
+    activations with no blocks at all (kind "tap": Head2Toe, the linear probe), which the
+    compiler attaches to the shared stream without forking it. `taps` (tap tasks only):
+
+        {"points": [{"point": P, "grid": [gh, gw] or None, "dim": D}, ...],
+         "select": LongTensor [k] or None}
+
+    P numbers backbone points as the trainer does (1: the stem's output, k: block k's input,
+    N + 1: the last block's output, N + 2: the features the classifier sees); a feature map is
+    average-pooled to the grid and flattened channel-major (D = channels * gh * gw), a token
+    sequence is averaged over its tokens (grid None), features are taken as they are. The
+    pooled points are concatenated in order, `select` picks columns of that (ascending; None:
+    all), and the head sees the result."""
 
     name: str
     base_fingerprint: str
@@ -162,23 +178,36 @@ class TaskDelta:
     classes: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    taps: dict[str, Any] | None = None  # kind "tap" only (see above)
 
     @property
-    def first(self) -> int:
-        return self.blocks[0]
+    def kind(self) -> str:
+        return "tap" if self.taps is not None else "delta"
 
     @property
-    def last(self) -> int:
-        return self.blocks[-1]
+    def first(self) -> int | None:
+        """The first tuned block; None for a tap task (it tunes none and never forks)."""
+        return self.blocks[0] if self.blocks else None
+
+    @property
+    def last(self) -> int | None:
+        return self.blocks[-1] if self.blocks else None
+
+    @property
+    def tap_points(self) -> list[int]:
+        return [int(p["point"]) for p in self.taps["points"]] if self.taps is not None else []
 
     @property
     def num_classes(self) -> int:
         return int(self.head["weight"].shape[0])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": TASK_FORMAT, "name": self.name, "base_fingerprint": self.base_fingerprint,
-                "arch": self.arch, "blocks": list(self.blocks), "block_state": self.block_state,
-                "head": self.head, "siamese": bool(self.siamese), "classes": self.classes, "meta": self.meta}
+        out = {"format": TASK_FORMAT, "name": self.name, "base_fingerprint": self.base_fingerprint,
+               "arch": self.arch, "blocks": list(self.blocks), "block_state": self.block_state,
+               "head": self.head, "siamese": bool(self.siamese), "classes": self.classes, "meta": self.meta}
+        if self.taps is not None:  # files of delta tasks stay exactly as before
+            out.update(kind="tap", taps=self.taps)
+        return out
 
 
 def make_task(base: BaseModel, name: str, blocks: list[int], block_modules: list[nn.Module], head: nn.Linear,
@@ -195,28 +224,127 @@ def make_task(base: BaseModel, name: str, blocks: list[int], block_modules: list
     return task
 
 
+def make_tap_task(base: BaseModel, name: str, points: list[dict[str, Any]], head: nn.Linear, *,
+                  select: torch.Tensor | None = None, classes: list[str] | None = None,
+                  meta: dict[str, Any] | None = None, input_size: tuple[int, int] | None = None) -> TaskDelta:
+    """A tap task (Head2Toe, the linear probe): `points` as in TaskDelta's docstring."""
+    taps = {"points": [{"point": int(p["point"]), "grid": None if p.get("grid") is None else [int(g) for g in p["grid"]],
+                        "dim": int(p["dim"])} for p in points],
+            "select": None if select is None else select.detach().cpu().to(torch.int64).clone().contiguous()}
+    head_sd = {"weight": head.weight.detach().cpu().clone().contiguous(),
+               "bias": (head.bias.detach().cpu().clone() if head.bias is not None else torch.zeros(head.out_features))}
+    task = TaskDelta(name, base.fingerprint, base.arch, [], {}, head_sd, False, classes, dict(meta or {}), taps=taps)
+    validate_task(task, base, input_size=input_size)
+    return task
+
+
 def save_task(path: str | os.PathLike, task: TaskDelta) -> None:
-    save_dict(path, task.to_dict())
+    data = task.to_dict()
+    save_dict(path, {**data, TASK_HASH_KEY: task_tensors_hash(data)})
 
 
 def load_task(path: str | os.PathLike) -> TaskDelta:
     data = load_dict(path, "task")
     _require_format(data, path, TASK_FORMAT, "task")
+    _check_task_hash(data, path)
+    kind = data.get("kind", "delta")  # files written before tap tasks existed have no "kind"
+    if kind not in TASK_KINDS:
+        raise SubtuneError(f"{path}: task kind {kind!r} is not one this subtune knows ({', '.join(TASK_KINDS)}); "
+                           "upgrade subtune or rewrite the task")
     try:
         task = TaskDelta(
             name=str(data["name"]), base_fingerprint=str(data["base_fingerprint"]), arch=str(data["arch"]),
             blocks=[int(b) for b in data["blocks"]], block_state=dict(data["block_state"]),
             head=dict(data["head"]), siamese=bool(data.get("siamese", False)),
             classes=list(data["classes"]) if data.get("classes") is not None else None,
-            meta=dict(data.get("meta") or {}), path=str(path))
-    except (KeyError, TypeError, ValueError) as e:
+            meta=dict(data.get("meta") or {}), path=str(path),
+            taps=_parse_taps(data["taps"]) if kind == "tap" else None)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SubtuneError(f"{path}: malformed task file ({type(e).__name__}: {e}); rewrite it with subtune") from e
+    check_preprocess(task.meta, str(path))
     return task
 
 
-def validate_task(task: TaskDelta, base: BaseModel, backbone: Backbone | None = None) -> None:
+# Integrity and preprocessing of task files (kept together, small: other parts of this file
+# change more often).
+
+TASK_HASH_KEY = "tensors_sha256"  # files written before it existed have none and still load
+
+
+def task_tensors_hash(data: dict[str, Any]) -> str:
+    """sha256 over every tensor in a task file's dict (blocks, head, taps, meta), by its path
+    in the dict, as `fingerprint` does for a base's state_dict."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            tensors[where] = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if where or k != TASK_HASH_KEY:
+                    walk(v, f"{where}/{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{where}/{i}")
+
+    walk(data, "")
+    return fingerprint(tensors)
+
+
+def _check_task_hash(data: dict[str, Any], path) -> None:
+    if TASK_HASH_KEY in data and data[TASK_HASH_KEY] != task_tensors_hash(data):
+        raise SubtuneError(f"{path}: the task's tensors do not match the file's {TASK_HASH_KEY} (corrupted or "
+                           "edited); retrain the task or restore the file")
+
+
+def check_preprocess(meta: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """meta["preprocess"] as every consumer may rely on it, or None when the task has none:
+    {"image_size": [H, W] (positive ints), "mean": [C floats], "std": [C positive floats],
+    "channels": C (1 or 3; 3 when absent)}; other keys pass through."""
+    pre = meta.get("preprocess")
+    if pre is None:
+        return None
+    expected = ("expected {'image_size': [H, W], 'mean': [3 numbers], 'std': [3 positive numbers], "
+                "'channels': 3}; retrain the task or fix its meta")
+
+    def bad(problem: str) -> SubtuneError:
+        return SubtuneError(f"{where}: meta['preprocess'] {problem}; {expected}")
+
+    if not isinstance(pre, dict):
+        raise bad(f"is a {type(pre).__name__}")
+    missing = [k for k in ("image_size", "mean", "std") if k not in pre]
+    if missing:
+        raise bad(f"lacks {', '.join(map(repr, missing))}")
+    size, channels = pre["image_size"], pre.get("channels", 3)
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in size)):
+        raise bad(f"has image_size {size!r}")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise bad(f"has channels {channels!r}")
+    for key in ("mean", "std"):
+        v = pre[key]
+        if (not isinstance(v, (list, tuple)) or len(v) != channels
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x == x for x in v)):
+            raise bad(f"has {key} {v!r} (for {channels} channels)")
+    if not all(x > 0 for x in pre["std"]):
+        raise bad(f"has std {pre['std']!r}, not all positive")
+    return pre
+
+
+def _parse_taps(raw: Any) -> dict[str, Any]:
+    points = [{"point": int(p["point"]), "grid": None if p.get("grid") is None else [int(g) for g in p["grid"]],
+               "dim": int(p["dim"])} for p in raw["points"]]
+    select = raw.get("select")
+    if select is not None and not isinstance(select, torch.Tensor):
+        raise TypeError(f"taps['select'] must be an integer tensor or None, found {type(select).__name__}")
+    return {"points": points, "select": select}
+
+
+def validate_task(task: TaskDelta, base: BaseModel, backbone: Backbone | None = None, *,
+                  input_size: tuple[int, int] | None = None) -> None:
     """Check a task against its base before any work: fingerprint, block range, block state
-    shapes, head shape. Raises SubtuneError naming the file and the problem."""
+    shapes, head shape (tap tasks: their points, pooled sizes and selection). Raises
+    SubtuneError naming the file and the problem."""
     where = task.path or task.name
     if not TASK_NAME.match(task.name) or task.name in RESERVED_NAMES:
         raise SubtuneError(f"{where}: task name {task.name!r} is not usable as an output name: expected letters, "
@@ -229,6 +357,9 @@ def validate_task(task: TaskDelta, base: BaseModel, backbone: Backbone | None = 
         raise SubtuneError(f"{where}: task is for {task.arch}, base is {base.arch}")
     if backbone is None:
         _, backbone = build_model(base.arch, base.arch_kwargs)
+    if task.taps is not None:
+        _validate_taps(task, base, backbone, where, input_size)
+        return
     n = backbone.num_blocks
     b = task.blocks
     if not b or any(x < 1 or x > n for x in b):
@@ -264,13 +395,59 @@ def validate_task(task: TaskDelta, base: BaseModel, backbone: Backbone | None = 
         raise SubtuneError(f"{where}: {len(task.classes)} class names for a head with {w.shape[0]} outputs")
 
 
-# Pruned tasks (subtune/pruning/rebuild.py has the contract): imported lazily, pure torch.
+def _validate_taps(task: TaskDelta, base: BaseModel, backbone: Backbone, where: str,
+                   input_size: tuple[int, int] | None) -> None:
+    n = backbone.num_blocks
+    if task.blocks or task.block_state or task.siamese:
+        raise SubtuneError(f"{where}: a tap task tunes no blocks and has no siamese head (found blocks {task.blocks}, "
+                           f"siamese {task.siamese}); rewrite it with `subtune train`")
+    points = task.taps["points"]
+    if not points:
+        raise SubtuneError(f"{where}: a tap task needs at least one tap point")
+    nums = [p["point"] for p in points]
+    if any(p < 1 or p > n + 2 for p in nums) or nums != sorted(set(nums)):
+        raise SubtuneError(f"{where}: tap points {nums} must be ascending, distinct and within 1..{n + 2} "
+                           f"({base.arch}: 1 is the stem's output, {n + 1} the last block's, {n + 2} the features)")
+    if "pruned" in task.meta:
+        raise SubtuneError(f"{where}: a tap task has no blocks to prune, but meta['pruned'] is set")
+    from subtune.delta.modules import tap_dims  # runs the base once on a dummy image: pure torch
+
+    size = input_size or _trained_size(task) or base.input_size
+    found = tap_dims(backbone, points, size)
+    for p, d in zip(points, found):
+        if p["dim"] != d:
+            raise SubtuneError(f"{where}: tap at point {p['point']} (grid {p['grid']}) gives {d} features on {base.arch} "
+                               f"at {size[0]}x{size[1]}, the task expects {p['dim']}; was it trained on this base?")
+    total = sum(found)
+    select = task.taps["select"]
+    if select is not None:
+        if select.ndim != 1 or select.dtype not in (torch.int64, torch.int32) or not len(select):
+            raise SubtuneError(f"{where}: taps['select'] must be a non-empty 1-d integer tensor")
+        if int(select.min()) < 0 or int(select.max()) >= total or not bool((select[1:] > select[:-1]).all()):
+            raise SubtuneError(f"{where}: taps['select'] must be ascending distinct indices in 0..{total - 1}")
+    in_dim = total if select is None else len(select)
+    w, bias = task.head.get("weight"), task.head.get("bias")
+    if w is None or bias is None or w.ndim != 2 or bias.ndim != 1 or w.shape[0] != bias.shape[0] or w.shape[1] != in_dim:
+        raise SubtuneError(f"{where}: head must be {{'weight': [classes, {in_dim}], 'bias': [classes]}} for its "
+                           f"{in_dim} selected features")
+    if task.classes is not None and len(task.classes) != w.shape[0]:
+        raise SubtuneError(f"{where}: {len(task.classes)} class names for a head with {w.shape[0]} outputs")
+
+
+def _trained_size(task: TaskDelta) -> tuple[int, int] | None:
+    pre = task.meta.get("preprocess")
+    if isinstance(pre, dict) and pre.get("image_size"):
+        return tuple(int(x) for x in pre["image_size"])
+    return None
+
+
+# Pruned tasks (subtune/delta/pruned.py has the contract): imported lazily, pure torch.
 
 
 def _pruned_blocks(task: TaskDelta, where: str) -> dict[str, dict]:
     if "pruned" not in task.meta:
         return {}
-    from subtune.pruning.rebuild import pruned_blocks
+    from subtune.delta.pruned import pruned_blocks
 
     try:
         blocks = pruned_blocks(task.meta)
@@ -282,7 +459,7 @@ def _pruned_blocks(task: TaskDelta, where: str) -> dict[str, dict]:
 
 
 def _check_pruned_block(where: str, blk: int, base_block: nn.Module, state: dict, spec: dict) -> None:
-    from subtune.pruning.rebuild import check_pruned_block
+    from subtune.delta.pruned import check_pruned_block
 
     try:
         check_pruned_block(base_block, state, spec)

@@ -51,7 +51,20 @@ BAD_INPUTS = {
     "head misfit": (lambda d, t: _task_variant(d, t, "hm", lambda k: k.head.__setitem__("weight", torch.zeros(10, 9))),
                     "head takes 9 inputs"),
     "duplicate names": (lambda d, t: d / "early.pt", "two tasks are named"),
+    "tampered tensors": (lambda d, t: _tamper(d / "early.pt", t / "tampered.pt"), "corrupted or edited"),
+    "preprocess not a dict": (lambda d, t: _task_variant(d, t, "pp", lambda k: k.meta.__setitem__("preprocess", [64])),
+                              "meta['preprocess'] is a list"),
+    "preprocess bad std": (lambda d, t: _task_variant(d, t, "ps", lambda k: k.meta.__setitem__("preprocess", {
+        "image_size": [32, 32], "mean": [0.5] * 3, "std": [0.2, 0.0, 0.2]})), "not all positive"),
 }
+
+
+def _tamper(src, dst):
+    """Edit a tensor without updating the file's hash, as a bit flip or a hand edit would."""
+    data = torch.load(src, weights_only=True)
+    data["head"]["bias"] = data["head"]["bias"] + 1
+    torch.save(data, dst)
+    return dst
 
 
 def _truncate(src, dst):
@@ -125,3 +138,53 @@ def test_parsing_imports_nothing_heavy():
             "print(heavy); assert not heavy")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_report_naming_the_output_is_refused(tmp_path, capsys, resnet18_files):
+    d = resnet18_files
+    out = tmp_path / "m.onnx"
+    code, _, err = _run(capsys, "compile", str(d / "base.pt"), str(d / "early.pt"), "-o", str(out),
+                        "--report", str(out))
+    assert code == 1 and "is the same file as the model output" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_verify_and_no_tensorrt_check_say_so(tmp_path, capsys, resnet18_files):
+    import json
+
+    d = resnet18_files
+    out = tmp_path / "m.onnx"
+    code, stdout, _ = _run(capsys, "compile", str(d / "base.pt"), str(d / "last.pt"), "-o", str(out),
+                           "--image-size", "32", "--no-verify", "--no-tensorrt-check")
+    assert code == 0 and "subtune.verified=false" in stdout
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert "verification" not in report and "tensorrt_compatible" not in report
+    assert list(report["seconds"]) == ["validate", "schedule", "lower", "export", "clean up", "record verification"]
+
+
+def test_task_files_without_a_hash_still_load(tmp_path, resnet18_files):
+    """Files written before tasks carried tensors_sha256 load as they did."""
+    data = torch.load(resnet18_files / "early.pt", weights_only=True)
+    assert "tensors_sha256" in data
+    del data["tensors_sha256"]
+    torch.save(data, tmp_path / "old.pt")
+    old = load_task(tmp_path / "old.pt")
+    assert torch.equal(old.head["weight"], load_task(resnet18_files / "early.pt").head["weight"])
+
+
+def test_prune_report_naming_the_output_is_refused(tmp_path, capsys, resnet18_files):
+    d = resnet18_files
+    out = tmp_path / "p.pt"
+    code, _, err = _run(capsys, "prune", str(d / "early.pt"), "--base", str(d / "base.pt"), "--ratio", "0.5",
+                        "-o", str(out), "--report", str(out))
+    assert code == 1 and "same file as -o" in err and list(tmp_path.iterdir()) == []
+
+
+def test_failed_verification_prints_the_table_and_writes_only_the_report(tmp_path, capsys, resnet18_files):
+    d = resnet18_files
+    out = tmp_path / "m.onnx"
+    code, stdout, err = _run(capsys, "compile", str(d / "base.pt"), str(d / "early.pt"), "-o", str(out),
+                             "--image-size", "32", "--verify-batches", "1,3", "--tolerance", "1e-12")
+    assert code == 1 and "verification failed" in err and len(err.strip().splitlines()) == 1
+    assert "FAILED" in stdout and "no model written" in stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.report.json"]

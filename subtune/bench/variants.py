@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from torch import nn
 
-from subtune.compiler.lower import task_blocks, task_head
+from subtune.delta.modules import task_blocks, task_head
 from subtune.errors import SubtuneError
 from subtune.formats import BaseModel, TaskDelta, validate_task
 from subtune.runtimes.base import BaseRunner, TensorSpec
@@ -292,6 +292,10 @@ class VariantBuilder:
         known = {id(t) for t in self.tasks}  # identity: TaskDelta equality would compare tensors
         if kind != "base" and (not tasks or any(id(t) not in known for t in tasks)):
             raise SubtuneError(f"variant {kind} needs one or more of the builder's tasks")
+        taps = [t.name for t in tasks if t.taps is not None]
+        if taps and kind in ("naive", "split"):
+            raise SubtuneError(f"task {taps[0]!r} is a tap task (Head2Toe or linear probe): it forks no blocks, so the "
+                               f"{kind} deployment does not apply; compare it in the compiled graph")
         steps = getattr(self, f"_{kind}_steps")(tasks)
         return Variant(kind, len(tasks), steps, sum(s.weight_bytes for s in steps))
 
@@ -333,14 +337,12 @@ class VariantBuilder:
         return [Step.of(self._built[key])]
 
     def _compile(self, tasks, key: str) -> Built:
-        from subtune.compiler.pipeline import CompileOptions, compile_plan, lower, schedule, validate
+        from subtune.compiler.pipeline import CompileOptions, compile_plan
         from subtune.compiler.plan import Plan
 
         plan = Plan(self.base_model, list(tasks), input_size=self.input_size)
         if self.runtime.name == "torch":
-            options = CompileOptions(verify=False)
-            for step in (validate, schedule, lower):
-                step(plan, options)
+            compile_plan(plan, CompileOptions(verify=False), until="lower")
             return make_runner(self.runtime, plan.module, self._images, plan.output_names, name=key)
         compile_plan(plan, CompileOptions(verify=False))
         return runner_from_onnx(self.runtime, plan.onnx, sample_shape=(3, *self.input_size), name=key,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from subtune.commands.values import image_size, int_list
+
 RUNTIME_CHOICES = ("onnxruntime", "torch", "tensorrt")
 PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
 
@@ -43,11 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from subtune.atomic import check_writable
+    from subtune.bench.harness import protocol_from_flags
     from subtune.errors import SubtuneError
 
-    from subtune.bench.harness import protocol_from_flags
-
-    batches = _positive_ints(args.batch, "--batch")
+    batches = int_list(args.batch, "--batch", positive=True)
     protocol = protocol_from_flags(args)
     if args.threads is not None and args.threads < 1:
         raise SubtuneError(f"--threads must be at least 1, found {args.threads}")
@@ -109,11 +110,11 @@ def _compare(args, batches, protocol) -> int:
     if len(args.inputs) < 2:
         raise SubtuneError("--compare needs a base file and at least one task file")
     runtime = _runtime_spec(args, batches)
-    counts = _positive_ints(args.task_counts, "--task-counts") if args.task_counts else None
+    counts = int_list(args.task_counts, "--task-counts", positive=True) if args.task_counts else None
     base = load_base(args.inputs[0])
     tasks = [load_task(t) for t in args.inputs[1:]]
     result = run_compare(base, tasks, batches=batches, protocol=protocol, runtime=runtime, task_counts=counts,
-                         input_size=_image_size(args.image_size), threads=args.threads, keep_samples=args.keep_samples)
+                         input_size=image_size(args.image_size), threads=args.threads, keep_samples=args.keep_samples)
     print(compare_table(result))
     _write_outputs(args, result, "plot_compare")
     return 0
@@ -133,7 +134,7 @@ def _profile(args, batches, protocol) -> int:
     base = load_base(args.inputs[0])
     entries = load_profile(args.profile, arch=base.arch)
     result = measure_tradeoff(base, entries, batch=batches[0], protocol=protocol, runtime=runtime,
-                              input_size=_image_size(args.image_size), threads=args.threads, budget_ms=args.budget_ms)
+                              input_size=image_size(args.image_size), threads=args.threads, budget_ms=args.budget_ms)
     print(tradeoff_table(result))
     _write_outputs(args, result, "plot_tradeoff")
     if args.budget_ms is not None and result.chosen is None:
@@ -175,26 +176,3 @@ def _runtime_spec(args, batches: list[int]):
     # TensorRT engines get one profile spanning the timed batch sizes, tuned for the largest
     return RuntimeSpec(runtime, provider=args.provider or "cpu", device=args.device or "cpu",
                        cuda_graph=args.cuda_graph, batch_range=(min(batches), max(batches), max(batches)))
-
-
-def _positive_ints(text: str, flag: str) -> list[int]:
-    from subtune.errors import SubtuneError
-
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise SubtuneError(f"{flag} expects comma-separated positive integers (e.g. 1,8), found {text!r}") from None
-    if not values or min(values) < 1:
-        raise SubtuneError(f"{flag} expects positive integers (e.g. 1,8), found {text!r}")
-    return values
-
-
-def _image_size(text: str | None) -> tuple[int, int] | None:
-    from subtune.errors import SubtuneError
-
-    if not text:
-        return None
-    values = _positive_ints(text, "--image-size")
-    if len(values) not in (1, 2):
-        raise SubtuneError(f"--image-size expects H or H,W, found {text!r}")
-    return (values[0], values[-1])

@@ -40,13 +40,19 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from subtune.atomic import check_writable, write_text
+    from subtune.errors import SubtuneError
     from subtune.formats import load_base, load_task, save_task, validate_task
     from subtune.pruning.prune import prune_task
 
     options = pruning_options(args)
     out = check_writable(args.output)
     report_path = check_writable(Path(args.report) if args.report else out.with_suffix(".report.json"))
+    if report_path.resolve() == out.resolve():
+        raise SubtuneError(f"--report {report_path} is the same file as -o {out}: choose another report path")
     base, task = load_base(args.base), load_task(args.task)
+    if task.taps is not None:
+        raise SubtuneError(f"{args.task} is a tap task (Head2Toe or linear probe): it tunes no blocks, so there are "
+                           "no channels to prune; prune a SubTuning or LoRA task")
     backbone = frozen_backbone(base)
     validate_task(task, base, backbone)
     data = TaskData(args, task, base, backbone) if args.data else None

@@ -18,9 +18,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     p.add_argument("-o", "--output", required=True, help="sweep JSON")
     p.add_argument("--plot", help="PNG of accuracy against parameters kept (default: beside the output, .png)")
+    from subtune.commands.profile import add_ray_arguments
+
+    add_ray_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
     from tqdm import tqdm
 
     from subtune.atomic import check_writable, write_text
@@ -41,9 +46,20 @@ def run(args: argparse.Namespace) -> int:
     validate_task(task, base, backbone)
     data = TaskData(args, task, base, backbone)
     total = len(ratios) * len(scopes) * len(norms)
-    with tqdm(total=total, desc="pruning sweep", unit="point", disable=None) as bar:
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=total, desc="pruning sweep [serial]", unit="point", disable=None))
+
+        def on_ray(work):
+            from subtune.cluster import RayMap
+
+            pool = stack.enter_context(RayMap(work, address=None if args.ray == "local" else args.ray,
+                                              cpus_per_run=args.ray_cpus_per_run, gpus_per_run=args.ray_gpus_per_run))
+            bar.set_description(f"pruning sweep [{pool.describe()}]")
+            return pool
+
         sweep = run_sweep(task, base, backbone, data.test, train=data.train, config=data.config, ratios=ratios,
-                          scopes=scopes, norms=norms, round_to=args.round_to, on_point=lambda _: bar.update(1))
+                          scopes=scopes, norms=norms, round_to=args.round_to, on_point=lambda _: bar.update(1),
+                          executor=on_ray if args.ray else None)
     result = {"task": args.task, "data": data.describe(), **sweep.to_json()}
     write_text(out, json.dumps(result, indent=2))
     plot_sweep(sweep, plot_path)

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             row["label"] = pool.classes[int(pool.labels[i])]
         rows.append(row)
     result = {
-        "format": "subtune.picks/1", "task": task.name, "task_file": args.task, "blocks": [task.first, task.last],
+        "format": "subtune.picks/1", "task": task.name, "task_file": args.task, "blocks": [task.first, task.last] if task.first is not None else [],
         "pool": args.pool, "pool_split": args.pool_split, "pool_size": len(pool), "excluded": int(exclude.sum()),
         "budget": args.budget, "picked": len(rows), "criterion": "smallest margin P(y1|x) - P(y2|x) (paper §4.2)",
         "margin_quantiles": {q: float(np.quantile(m.margin[~exclude], float(q))) for q in ("0.0", "0.5", "1.0")},
@@ -103,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
     if pool.labelled:
         result["pool_accuracy"] = float((m.predicted == pool.labels.numpy()).mean())
     write_text(out, json.dumps(result, indent=2))
-    prefix = "the stem" if task.first == 1 else f"stem and blocks 1-{task.first - 1}"
+    if task.first is None:  # a tap task (Head2Toe, linear probe) reads the images: nothing frozen is cached
+        prefix = "nothing"
+    else:
+        prefix = "the stem" if task.first == 1 else f"stem and blocks 1-{task.first - 1}"
     note = f" (the pool holds only {available} images that are not excluded)" if available < args.budget else ""
     print(f"picked {len(rows)} of {len(pool)} pool images with the smallest margins{note}: "
           f"{rows[0]['margin']:.4f} to {rows[-1]['margin']:.4f}; frozen prefix ran once over the pool in "

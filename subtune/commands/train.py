@@ -10,9 +10,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="task delta to write (--mode full writes a whole model in the base-file format)")
     p.add_argument("--blocks", help="blocks to tune: FIRST-LAST (13-14), a list (13,14), a stage name (layer3) "
-                                    "or auto (greedy selection on the validation split)")
-    p.add_argument("--mode", default="subtune", choices=["subtune", "linear", "full"],
-                   help="subtune (default), linear (probe: new head only) or full (finetune everything)")
+                                    "or auto (greedy selection on the validation split); --mode lora: the blocks "
+                                    "that get adapters (default all); --mode head2toe: the blocks whose outputs "
+                                    "are tapped (default all)")
+    p.add_argument("--mode", default="subtune", choices=["subtune", "linear", "full", "head2toe", "lora"],
+                   help="subtune (default), linear (probe: new head only), full (finetune everything), "
+                        "head2toe (a head on features pooled from many blocks, chosen by group lasso) or "
+                        "lora (low-rank adapters, merged into the blocks for deployment)")
+    g = p.add_argument_group("--mode lora")
+    g.add_argument("--lora-rank", type=int, default=8, help="adapter rank r (default 8)")
+    g.add_argument("--lora-alpha", type=float, help="scaling numerator: updates are alpha/r * B A (default alpha = r)")
+    g = p.add_argument_group("--mode head2toe")
+    g.add_argument("--feature-budget", help="features to keep: a number, or a list (256,1024,4096, the default) "
+                                            "from which validation accuracy chooses")
+    g.add_argument("--tap-grid", type=int, default=2, help="pool each tapped feature map to GRID x GRID (default 2)")
+    g.add_argument("--group-lasso", type=float, default=0.05,
+                   help="group-lasso strength of the feature-importance fit, as a fraction of the strength that "
+                        "zeroes every feature (default 0.05)")
     p.add_argument("--siamese", action="store_true", help="the head sees [base features, tuned features] (§5.1)")
     p.add_argument("--epsilon", type=float, default=0.005,
                    help="--blocks auto: stop when a block adds less validation accuracy than this (default 0.005)")
@@ -21,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", help="JSON report (default: beside the output, .train.json)")
     add_data_arguments(p)
     add_training_arguments(p)
+    from subtune.commands.profile import add_ray_arguments
+
+    add_ray_arguments(p)  # --blocks auto: each step's candidate windows as parallel Ray tasks
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,20 +61,36 @@ def run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     out = check_writable(args.output)
     report_path = check_writable(Path(args.report) if args.report else out.with_suffix(".train.json"))
+    if Path(report_path).resolve() == Path(out).resolve():
+        raise SubtuneError(f"--report {report_path} is the same file as -o {out}: choose another report path")
     name = args.name or task_name_from(args.output)
     if args.mode != "full" and not TASK_NAME.match(name):
         raise SubtuneError(f"--name {name!r}: expected letters, digits, '_' or '-', starting with a letter or '_'")
     if args.mode == "subtune" and not args.blocks:
         raise SubtuneError("--blocks is required with --mode subtune: e.g. --blocks 13-14, a stage name, or auto")
-    if args.mode != "subtune" and (args.blocks or args.siamese):
+    if args.mode in ("linear", "full") and (args.blocks or args.siamese):
         raise SubtuneError(f"--mode {args.mode} trains no chosen blocks: drop --blocks/--siamese")
+    if args.mode in ("lora", "head2toe") and args.siamese:
+        raise SubtuneError(f"--siamese is for --mode subtune; --mode {args.mode} has a plain head")
+    if args.mode in ("lora", "head2toe") and args.blocks and args.blocks.strip() == "auto":
+        raise SubtuneError(f"--blocks auto is for --mode subtune; with --mode {args.mode} give blocks "
+                           "(e.g. the ones `--blocks auto` chose for SubTuning) or leave --blocks out for all")
+    if args.mode == "lora" and (args.lora_rank < 1 or (args.lora_alpha is not None and args.lora_alpha <= 0)):
+        raise SubtuneError("--lora-rank must be at least 1 and --lora-alpha positive")
+    if args.mode == "head2toe" and args.tap_grid < 1:
+        raise SubtuneError(f"--tap-grid must be at least 1, found {args.tap_grid}")
     if args.max_blocks < 1:
         raise SubtuneError("--max-blocks must be at least 1")
 
     base = load_base(args.base)
     _, backbone = base.build()
     auto = args.mode == "subtune" and args.blocks.strip() == "auto"
-    blocks = parse_blocks(args.blocks, backbone) if args.mode == "subtune" and not auto else None
+    blocks = parse_blocks(args.blocks, backbone) if args.blocks and not auto else None
+    budgets = None
+    if args.mode == "head2toe":
+        from subtune.training.head2toe import parse_budgets
+
+        budgets = parse_budgets(args.feature_budget)
 
     train, val, test = load_splits(args, base)
     config = train_config(args, len(train))
@@ -68,6 +101,13 @@ def run(args: argparse.Namespace) -> int:
         result = trainer.linear()
     elif args.mode == "full":
         result = trainer.full()
+    elif args.mode == "lora":
+        result = trainer.lora(blocks, rank=args.lora_rank, alpha=args.lora_alpha)
+    elif args.mode == "head2toe":
+        from subtune.training.head2toe import default_points
+
+        result = trainer.head2toe(points=default_points(trainer.backbone, blocks), grid=args.tap_grid,
+                                  budgets=budgets, group_lasso=args.group_lasso)
     elif auto:
         result, path = _greedy(trainer, args, greedy_select)
     else:
@@ -97,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _greedy(trainer, args, greedy_select):
+    if args.ray:
+        return _greedy_on_ray(trainer, args, greedy_select)
     results = {}
 
     def score(blocks: list[int]) -> float:
@@ -114,3 +156,32 @@ def _greedy(trainer, args, greedy_select):
     for line in path.describe():
         print(line)
     return trainer.evaluate_test(results[tuple(path.selected)]), path
+
+
+def _greedy_on_ray(trainer, args, greedy_select):
+    """Each step's candidate windows as parallel Ray tasks, which return numbers, not weights; the
+    chosen window is then trained once more here with the workers' thread count (the same seed
+    and threads give the same weights)."""
+    import torch
+
+    from subtune.cluster import RayExecutor
+    from subtune.training.profile import window_scorer
+
+    linear = trainer.linear()
+    print(f"greedy selection on Ray (epsilon {args.epsilon}, at most {args.max_blocks} blocks); "
+          f"linear probe validation accuracy {linear.val_accuracy:.4f}")
+
+    def show(spec, result):
+        print(f"  blocks {spec.group}: validation accuracy {result['val_accuracy']:.4f}", flush=True)
+
+    with RayExecutor(trainer, address=None if args.ray == "local" else args.ray, cpus_per_run=args.ray_cpus_per_run,
+                     gpus_per_run=args.ray_gpus_per_run) as ex:
+        print(f"running on {ex.describe()}", flush=True)
+        scorer = window_scorer(ex, seeds=[trainer.config.seed], siamese=args.siamese, on_run=show)
+        path = greedy_select(None, trainer.backbone.num_blocks, epsilon=args.epsilon, max_blocks=args.max_blocks,
+                             start_score=linear.val_accuracy, score_many=scorer)
+    for line in path.describe():
+        print(line)
+    torch.set_num_threads(ex.threads)
+    result = trainer.subtune(path.selected, siamese=args.siamese, test=False)
+    return trainer.evaluate_test(result), path

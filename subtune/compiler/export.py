@@ -1,5 +1,11 @@
 """torch -> ONNX with the dynamo exporter (torch.export), the only path that handles both
-dynamic batch and torchvision ViT's fused attention in eval mode."""
+dynamic batch and torchvision ViT's fused attention in eval mode; and ONNX -> file.
+
+Files: an ONNX file is one protobuf message, which cannot exceed 2 GiB. A graph whose weights
+come near that is written as a pair, `model.onnx` plus its weights in `model.onnx.data`
+(ONNX external data, 64 KiB-aligned so runtimes can map it), renamed into place together
+(subtune/atomic.py); ONNX Runtime and TensorRT's parser load the pair from the .onnx path.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ import contextlib
 import functools
 import io
 import logging
+import os
+import tempfile
 import warnings
+from pathlib import Path
 
 import onnx_ir as ir
 import torch
@@ -15,6 +24,13 @@ import torch
 from subtune.errors import SubtuneError
 
 OPSET = 20  # the newest opset TensorRT 10's parser accepts
+PROTOBUF_LIMIT = 2**31  # bytes: protobuf refuses to serialize a larger message
+# Weights above this go to an external data file: the rest of the graph (nodes, names, metadata)
+# must fit in the margin, which is generous for any graph subtune makes (a few MB).
+EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT - 2**27
+EXTERNAL_DATA_SUFFIX = ".data"  # model.onnx -> model.onnx.data
+
+log = logging.getLogger("subtune")
 
 
 def export_onnx(module: torch.nn.Module, example: torch.Tensor, output_names: list[str]) -> ir.Model:
@@ -54,7 +70,7 @@ def _torchlib_registry(opset: int):
 
 @contextlib.contextmanager
 def _quiet_loggers():
-    names = ["torch.onnx", "torch.export", "torch._dynamo", "onnxscript"]
+    names = ["torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir"]
     saved = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
@@ -63,3 +79,77 @@ def _quiet_loggers():
     finally:
         for n, level in saved.items():
             logging.getLogger(n).setLevel(level)
+
+
+# --------------------------------------------------------------------------- ONNX files
+
+
+def weight_bytes(model: ir.Model) -> int:
+    """Bytes of the graph's initializers (what decides whether it fits in one file)."""
+    total = 0
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None:
+            total += tensor.nbytes
+    return total
+
+
+def needs_external_data(model: ir.Model) -> bool:
+    return weight_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+
+
+def external_data_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
+
+
+def onnx_bytes(model: ir.Model) -> bytes:
+    """The model as one serialized message; a graph over 2 GiB cannot be, so say what to do."""
+    if needs_external_data(model):
+        raise SubtuneError(f"the graph's weights ({weight_bytes(model) / 2**30:.2f} GiB) exceed what one ONNX file holds "
+                           "(2 GiB): save it with external data (subtune.compiler.export.save_onnx) instead of as bytes")
+    return ir.to_proto(model).SerializeToString()
+
+
+def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> list[Path]:
+    """Write `model` to `path` atomically: one file, or with external data (None: only when the
+    graph needs it) the pair path + path.data, renamed into place together. A stale weights file
+    of an earlier save is removed when the new model is one file. Returns the files written."""
+    from subtune.atomic import atomic_files
+
+    path = Path(path)
+    data = external_data_path(path)
+    external = needs_external_data(model) if external_data is None else external_data
+    with atomic_files(path, data) as (tmp, _):
+        write_onnx(model, tmp, external=external)
+    if not external and data.is_file():
+        log.info("removing %s, the weights file of an earlier save of %s", data, path)
+        data.unlink()
+    return [path, data] if external else [path]
+
+
+def write_onnx(model: ir.Model, path: str | os.PathLike, *, external: bool) -> None:
+    """Write `model` to `path` (not atomically: see save_onnx), its weights in `path.data` when
+    `external`."""
+    path = Path(path)
+    if not external:
+        path.write_bytes(onnx_bytes(model))
+        return
+    data = external_data_path(path)
+    log.info("writing %s with its weights in %s (ONNX external data: %.2f GiB of weights)", path, data.name,
+             weight_bytes(model) / 2**30)
+    kwargs = {"external_data": data.name, "size_threshold_bytes": 1024}
+    try:
+        ir.save(model, path, alignment=65536, **kwargs)  # aligned: runtimes can map the weights
+    except TypeError:  # onnx-ir before 1.1 aligns large tensors by default and has no `alignment`
+        ir.save(model, path, **kwargs)
+
+
+@contextlib.contextmanager
+def onnx_on_disk(model: ir.Model):
+    """A temporary path holding `model` (with external data when it needs it), for runtimes that
+    must load a graph over 2 GiB from a file; removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="subtune-") as d:
+        path = Path(d) / "model.onnx"
+        write_onnx(model, path, external=needs_external_data(model))
+        yield path

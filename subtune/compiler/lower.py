@@ -3,44 +3,27 @@
 The module holds the base model once and one small module per task (its tuned blocks and its
 head). Fork, merge and split are submodules with readable names; the exported ONNX nodes keep
 those names in their scope, which the clean-up pass uses to name them.
+
+Tap tasks (Head2Toe, the linear probe; formats.TaskDelta) do not fork: their branch reads the
+base chunk of the shared stream right after the shared block that produces each tapped point
+(the features for point N + 2), pools, concatenates, gathers the selected features and
+applies the head. The shared stream itself is left as it was, so the base output is untouched.
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 from torch import nn
 
 from subtune.compiler.schedule import Fork, Merge, RunBlock, Schedule
+from subtune.delta.modules import TapHead, task_blocks, task_head
 from subtune.formats import TaskDelta
 from subtune.models import Backbone
 
 
-def task_blocks(task: TaskDelta, backbone: Backbone) -> nn.ModuleList:
-    """Copies of the base blocks carrying the task's weights (rebuilt smaller where pruned)."""
-    from subtune.pruning.rebuild import pruned_blocks, rebuild_block
-
-    pruned = pruned_blocks(task.meta)
-    blocks = nn.ModuleList()
-    for b in task.blocks:
-        if str(b) in pruned:
-            blocks.append(rebuild_block(backbone.blocks[b - 1], task.block_state[str(b)], pruned[str(b)]))
-            continue
-        block = copy.deepcopy(backbone.blocks[b - 1])
-        block.load_state_dict(task.block_state[str(b)], strict=True)
-        blocks.append(block.eval())
-    return blocks
-
-
-def task_head(task: TaskDelta) -> nn.Linear:
-    w = task.head["weight"]
-    head = nn.Linear(w.shape[1], w.shape[0])
-    head.load_state_dict({"weight": w, "bias": task.head["bias"]})
-    return head.eval()
-
-
 class TaskBranch(nn.Module):
+    tap = False
+
     def __init__(self, task: TaskDelta, backbone: Backbone):
         super().__init__()
         self.first = task.first
@@ -50,6 +33,30 @@ class TaskBranch(nn.Module):
 
     def block(self, number: int) -> nn.Module:
         return self.blocks[number - self.first]
+
+
+class TapBranch(nn.Module):
+    """A tap task's part of the graph: no blocks, a head on the base's activations."""
+
+    tap = True
+    siamese = False
+
+    def __init__(self, task: TaskDelta):
+        super().__init__()
+        self.taps = TapHead(task)
+
+
+class BaseChunk(nn.Module):
+    """The base's chunk (chunk 0) of the shared stream, for taps: a view, nothing is copied."""
+
+    def __init__(self, chunks: int):
+        super().__init__()
+        self.chunks = chunks
+
+    def forward(self, shared: torch.Tensor) -> torch.Tensor:
+        if self.chunks == 1:
+            return shared
+        return shared.view((self.chunks, -1) + tuple(shared.shape[1:]))[0]
 
 
 class ForkStream(nn.Module):
@@ -93,8 +100,11 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.base = base_model
         self.backbone = backbone  # a plain dataclass of views into self.base, not a submodule
-        self.tasks = nn.ModuleList(TaskBranch(t, backbone) for t in tasks)
+        self.tasks = nn.ModuleList(TapBranch(t) if t.taps is not None else TaskBranch(t, backbone) for t in tasks)
         self.schedule = schedule
+        # Tapped points of the shared stream, and how many chunks it holds when each is produced.
+        self.tap_points = sorted({p for t in tasks for p in t.tap_points})
+        self.tap_chunks: dict[int, int] = {}
         self.forks = nn.ModuleDict()
         self.merges = nn.ModuleDict()
         chunks = 1
@@ -104,14 +114,23 @@ class MultiTaskModel(nn.Module):
             elif isinstance(step, Merge):
                 self.merges[f"merge_after_block{step.after_block}"] = MergeStreams()
                 chunks += len(step.tasks)
+            elif step.task is None:
+                self.tap_chunks[step.block + 1] = chunks  # the point after this shared block
+        self.tap_chunks[1] = 1
+        self.base_chunks = nn.ModuleDict({f"tap_point{p}": BaseChunk(self.tap_chunks[p]) for p in self.tap_points
+                                          if p <= backbone.num_blocks + 1})
         self.final_merge = MergeStreams()
         self.split_heads = SplitStreams(len(schedule.final_chunks))
         self._fork_names = list(self.forks)
         self._merge_names = list(self.merges)
+        self.base_chunks_points = {p for p in self.tap_points if p <= backbone.num_blocks + 1}
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bb = self.backbone
         shared = bb.stem(images)
+        taps: dict[int, torch.Tensor] = {}
+        if 1 in self.base_chunks_points:
+            taps[1] = shared
         streams: dict[int, torch.Tensor] = {}
         forks, merges = iter(self._fork_names), iter(self._merge_names)
         for step in self.schedule.steps:
@@ -120,6 +139,8 @@ class MultiTaskModel(nn.Module):
             elif isinstance(step, RunBlock):
                 if step.task is None:
                     shared = bb.blocks[step.block - 1](shared)
+                    if step.block + 1 in self.base_chunks_points:
+                        taps[step.block + 1] = self.base_chunks[f"tap_point{step.block + 1}"](shared)
                 else:
                     streams[step.task] = self.tasks[step.task].block(step.block)(streams[step.task])
             else:
@@ -130,8 +151,12 @@ class MultiTaskModel(nn.Module):
         features = self.split_heads(bb.neck(shared))
         by_stream = dict(zip(self.schedule.final_chunks, features))
         base_features = by_stream[None]
+        taps[bb.num_blocks + 2] = base_features
         outputs = [bb.classifier(base_features)]
         for t, branch in enumerate(self.tasks):
+            if branch.tap:
+                outputs.append(branch.taps(taps))
+                continue
             f = by_stream[t]
             outputs.append(branch.head(torch.cat([base_features, f], dim=1) if branch.siamese else f))
         return tuple(outputs)

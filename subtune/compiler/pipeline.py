@@ -5,20 +5,27 @@
     schedule   fork / block / merge / split order for the task ranges
     lower      one PyTorch module running that schedule
     export     torch.export -> ONNX (onnx-ir), dynamic batch
-    clean up   ONNX passes: readable stream-node names, no exporter debris, metadata
-    check      TensorRT parser compatibility (static, runs everywhere)
-    verify     ONNX Runtime vs PyTorch eager at batch 1 and another batch size
+    clean up   ONNX passes: readable stream-node names, the batch dimension named `batch`,
+               no exporter debris, metadata
+    verify     ONNX Runtime vs PyTorch eager at batch 1 and another batch size (a graph over
+               2 GiB is verified from a temporary file with external data)
+    check      TensorRT parser compatibility (static, runs everywhere; after verification, so
+               a CPU-only user sees their graph verified first; --no-tensorrt-check skips it)
   with --precision fp16/int8 (subtune/quantization):
     load calibration data   right after validate, so a bad --calibration fails before the slow steps
     quantize   INT8 in QDQ form with the base's ranges pinned, or FP16
-    verify precision        the reduced graph vs the fp32 graph on the calibration images
+    verify precision        the reduced graph vs the fp32 graph on held-out images (the data's test
+                            split), with layer sensitivity and fp32 fallback until each output meets its target
     check      TensorRT parser compatibility again, QDQ placement included
+  and last:
+    record verification     `subtune.verified` (and what was checked) in the ONNX metadata
 
 Each step fills in a field of the Plan; `compile_plan` is the whole pipeline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,14 +34,15 @@ import onnx_ir as ir
 import torch
 
 import subtune
-from subtune.compiler.export import export_onnx
+from subtune.compiler.export import export_onnx, needs_external_data, onnx_bytes, onnx_on_disk, weight_bytes
 from subtune.compiler.lower import MultiTaskModel
 from subtune.compiler.plan import Plan
 from subtune.compiler.schedule import Fork, schedule_streams
 from subtune.compiler.verify import checks_to_json, verify
-from subtune.errors import SubtuneError
-from subtune.formats import validate_task
-from subtune.passes import AttachMetadataPass, CheckTensorRTCompatPass, NameStreamNodesPass, StripExportMetadataPass
+from subtune.errors import SubtuneError, VerificationError
+from subtune.formats import check_preprocess, validate_task
+from subtune.passes import (AttachMetadataPass, CheckTensorRTCompatPass, NameBatchDimPass, NameStreamNodesPass,
+                            StripExportMetadataPass)
 
 if TYPE_CHECKING:
     from subtune.pruning.plan import PruneOptions
@@ -53,10 +61,18 @@ class CompileOptions:
     precision: "PrecisionOptions | None" = None  # fp16/int8 after the fp32 graph verifies; None: fp32 only
 
 
-def compile_plan(plan: Plan, options: CompileOptions | None = None) -> Plan:
+def compile_plan(plan: Plan, options: CompileOptions | None = None, until: str | None = None) -> Plan:
+    """Run the pipeline's steps on `plan`; with `until`, stop after the step of that name (e.g.
+    "lower" for the PyTorch module alone, as the benchmarks' torch runtime wants)."""
     options = options or CompileOptions()
+    chosen = list(steps(options))
+    if until is not None:
+        names = [name for name, _ in chosen]
+        if until not in names:
+            raise SubtuneError(f"until={until!r}: expected one of this pipeline's steps ({', '.join(names)})")
+        chosen = chosen[:names.index(until) + 1]
     timings = plan.report.setdefault("seconds", {})
-    for name, step in steps(options):
+    for name, step in chosen:
         if options.on_step:
             options.on_step(name)
         start = time.perf_counter()
@@ -77,16 +93,17 @@ def steps(options: CompileOptions):
     yield "lower", lower
     yield "export", export
     yield "clean up", clean_up
-    if options.check_tensorrt:
-        yield "check TensorRT compatibility", check_tensorrt
     if options.verify:
         yield "verify", verify_plan
+    if options.check_tensorrt:
+        yield "check TensorRT compatibility", check_tensorrt
     if reduced:
         yield "quantize", quantize
         if options.verify:
             yield "verify precision", verify_precision
         if options.check_tensorrt and reduced.tensorrt_compatible:
             yield f"check TensorRT compatibility ({reduced.precision})", check_tensorrt
+    yield "record verification", record_verification
 
 
 def validate(plan: Plan, options: CompileOptions) -> None:
@@ -94,6 +111,7 @@ def validate(plan: Plan, options: CompileOptions) -> None:
     seen: dict[str, str] = {}
     for task in plan.tasks:
         validate_task(task, plan.base, plan.backbone)
+        check_preprocess(task.meta, task.path or task.name)  # load_task did for files; tasks made in code too
         if task.name in seen:
             raise SubtuneError(f"two tasks are named {task.name!r} ({seen[task.name]} and {task.path}): "
                                "output names must be unique; rename one")
@@ -102,8 +120,7 @@ def validate(plan: Plan, options: CompileOptions) -> None:
 
 
 def _input_size(plan: Plan) -> tuple[int, int]:
-    sizes = {tuple(t.meta["preprocess"]["image_size"]) for t in plan.tasks
-             if isinstance(t.meta.get("preprocess"), dict) and "image_size" in t.meta["preprocess"]}
+    sizes = {tuple(t.meta["preprocess"]["image_size"]) for t in plan.tasks if t.meta.get("preprocess")}
     if len(sizes) > 1:
         raise SubtuneError(f"tasks were trained at different image sizes {sorted(sizes)}: one graph takes one size; "
                            "retrain or pass --image-size")
@@ -113,10 +130,13 @@ def _input_size(plan: Plan) -> tuple[int, int]:
 def prune(plan: Plan, options: CompileOptions) -> None:
     """Prune every task that is not pruned yet (subtune/pruning); no recovery training here."""
     from subtune.pruning.prune import prune_task
-    from subtune.pruning.rebuild import pruned_blocks
+    from subtune.delta.pruned import pruned_blocks
 
     report: dict[str, object] = {}
     for i, task in enumerate(plan.tasks):
+        if task.taps is not None:
+            report[task.name] = "tap task (no blocks): nothing to prune"
+            continue
         if pruned_blocks(task.meta):
             report[task.name] = "already pruned: kept as it is"
             continue
@@ -147,10 +167,17 @@ def clean_up(plan: Plan, options: CompileOptions) -> None:
              for s in plan.schedule.steps if isinstance(s, Fork)}
     passes = ir.passes.Sequential(
         NameStreamNodesPass(forks),
+        NameBatchDimPass(),
         StripExportMetadataPass(),
         AttachMetadataPass(_metadata(plan)),
     )
     plan.onnx = passes(plan.onnx).model
+    if needs_external_data(plan.onnx):
+        plan.report["external_data"] = True
+        if options.precision is not None:  # quantisation serialises the graph in one message
+            raise SubtuneError(f"--precision {options.precision.precision} on a graph over 2 GiB "
+                               f"({weight_bytes(plan.onnx) / 2**30:.2f} GiB of fp32 weights) is not supported: "
+                               "compile fewer tasks per graph, or in fp32")
 
 
 def _metadata(plan: Plan) -> dict[str, object]:
@@ -160,8 +187,10 @@ def _metadata(plan: Plan) -> dict[str, object]:
         "subtune.base_fingerprint": plan.base.fingerprint,
         "subtune.input_size": list(plan.input_size),
         "subtune.outputs": plan.output_names,
-        "subtune.tasks": [{"name": t.name, "blocks": [t.first, t.last], "siamese": t.siamese,
-                           "classes": t.classes, "num_classes": t.num_classes} for t in plan.tasks],
+        "subtune.verified": False,  # until record_verification says otherwise
+        "subtune.tasks": [{"name": t.name, "blocks": [t.first, t.last] if t.blocks else [], "siamese": t.siamese,
+                           "classes": t.classes, "num_classes": t.num_classes, "kind": t.kind,
+                           **({"tap_points": t.tap_points} if t.taps is not None else {})} for t in plan.tasks],
     }
     pre = {t.name: t.meta["preprocess"] for t in plan.tasks if "preprocess" in t.meta}
     if pre:
@@ -189,9 +218,34 @@ def verify_plan(plan: Plan, options: CompileOptions) -> None:
     batches = tuple(options.verify_batches)
     if all(b == plan.export_batch for b in batches):
         raise SubtuneError(f"verify at a batch size other than the export's ({plan.export_batch})")
-    checks = verify(serialize(plan), base_model, backbone, plan.tasks, plan.output_names,
-                    input_size=plan.input_size, batches=batches, tolerance=options.tolerance, seed=options.seed)
-    plan.report["verification"] = {"tolerance": options.tolerance, "checks": checks_to_json(checks)}
+    record = {"tolerance": options.tolerance, "batches": list(batches)}
+    try:
+        with contextlib.ExitStack() as stack:
+            model = stack.enter_context(onnx_on_disk(plan.onnx)) if needs_external_data(plan.onnx) else serialize(plan)
+            checks = verify(model, base_model, backbone, plan.tasks, plan.output_names, input_size=plan.input_size,
+                            batches=batches, tolerance=options.tolerance, seed=options.seed)
+    except VerificationError as e:  # the report keeps the failing table
+        plan.report["verification"] = {**record, "passed": False, "error": str(e),
+                                       "checks": checks_to_json(getattr(e, "checks", []), options.tolerance)}
+        raise
+    plan.report["verification"] = {**record, "passed": True, "checks": checks_to_json(checks)}
+
+
+def record_verification(plan: Plan, options: CompileOptions) -> None:
+    """Mark the graph as verified or not, so a file compiled with --no-verify says so itself."""
+    ver = plan.report.get("verification")
+    precision = plan.report.get("precision")
+    verified = bool(ver and ver.get("passed")) and (precision is None or "verification" in precision)
+    meta: dict[str, object] = {"subtune.verified": verified}
+    if ver and ver.get("passed"):
+        meta["subtune.verification"] = {
+            "runtime": "ONNX Runtime CPU", "reference": "PyTorch eager, each task as its own full model",
+            # no measured errors here: they vary in the last bits across CPUs, and the same inputs
+            # must compile to the same bytes anywhere (the report has them)
+            "tolerance": ver["tolerance"], "batches": ver["batches"], "measure": "max |error| / max |reference|",
+            **({"precision": precision["precision"], "precision_checked": "verification" in precision}
+               if precision else {})}
+    plan.onnx = AttachMetadataPass(meta)(plan.onnx).model
 
 
 def load_calibration(plan: Plan, options: CompileOptions) -> None:
@@ -202,7 +256,7 @@ def load_calibration(plan: Plan, options: CompileOptions) -> None:
 def quantize(plan: Plan, options: CompileOptions) -> None:
     from subtune.quantization import reduce_precision
 
-    reduced = reduce_precision(plan.onnx, options.precision, plan.calibration)
+    reduced = reduce_precision(plan.onnx, options.precision, plan.calibration, plan.tasks)
     plan.fp32_onnx, plan.onnx, plan.base_only_onnx = plan.onnx, reduced.model, reduced.base_only
     plan.report["precision"] = reduced.report
     if not options.precision.tensorrt_compatible:
@@ -216,7 +270,12 @@ def verify_precision(plan: Plan, options: CompileOptions) -> None:
     plan.report["precision"]["verification"] = verify_reduced(
         ir.to_proto(plan.fp32_onnx).SerializeToString(), serialize(plan), base_only, plan.calibration,
         plan.output_names, plan.tasks, options.precision)
+    if options.precision.sensitivity_plot and "mixed" in plan.report["precision"]:
+        from subtune.quantization.plot import plot_sensitivity
+
+        plot_sensitivity(plan.report["precision"], options.precision.sensitivity_plot)
 
 
 def serialize(plan: Plan) -> bytes:
-    return ir.to_proto(plan.onnx).SerializeToString()
+    """The graph as one ONNX message (a graph over 2 GiB raises: save it with `save_onnx`)."""
+    return onnx_bytes(plan.onnx)

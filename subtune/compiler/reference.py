@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from subtune.compiler.lower import task_blocks, task_head
+from subtune.delta.modules import TapHead, tap_activations, task_blocks, task_head
 from subtune.formats import TaskDelta
 from subtune.models import Backbone
 
@@ -40,6 +40,24 @@ class TaskModel(torch.nn.Module):
         return self.head(f)
 
 
+class TapModel(torch.nn.Module):
+    """A tap task alone: the base runs as it is, the head reads its activations."""
+
+    def __init__(self, backbone: Backbone, task: TaskDelta):
+        super().__init__()
+        self.base = backbone.model
+        self.backbone = backbone
+        self.taps = TapHead(task)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.taps(tap_activations(self.backbone, images, self.taps.points))
+
+
+def task_model(backbone: Backbone, task: TaskDelta) -> torch.nn.Module:
+    """The reference for one task: its own full model (delta) or the base with its taps."""
+    return (TapModel if task.taps is not None else TaskModel)(backbone, task).eval()
+
+
 def _run_base(bb: Backbone, images: torch.Tensor) -> torch.Tensor:
     h = bb.stem(images)
     for block in bb.blocks:
@@ -53,5 +71,5 @@ def reference_outputs(base_model: torch.nn.Module, backbone: Backbone, tasks: li
     """[base model output, task 0 output, ...] computed model by model in eager mode."""
     outs = [base_model(images)]
     for task in tasks:
-        outs.append(TaskModel(backbone, task).eval()(images))
+        outs.append(task_model(backbone, task)(images))
     return outs

@@ -9,6 +9,8 @@ the base's own batch; rules:
      stream by batch concatenation, so later shared blocks run once on the bigger batch.
   4. Split: after the last block the remaining task streams join too, the neck runs once, and
      the features are split back into one chunk per stream for the heads.
+Tap tasks (range None: Head2Toe, the linear probe) take no part: they never fork, and their
+heads read the base chunk of the shared stream (lower.py).
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ class Schedule:
         return out
 
 
-def schedule_streams(ranges: list[tuple[int, int]], num_blocks: int) -> Schedule:
-    """`ranges[i]` is task i's (first, last) block, 1-based and inclusive."""
+def schedule_streams(ranges: list[tuple[int, int] | tuple[None, None] | None], num_blocks: int) -> Schedule:
+    """`ranges[i]` is task i's (first, last) block, 1-based and inclusive; None or (None, None)
+    for a tap task, which gets no stream."""
+    ranges = [(0, -1) if r is None or r[0] is None else r for r in ranges]  # matches no block
     steps: list[Fork | RunBlock | Merge] = []
     chunks: list[int | None] = [None]
     for block in range(1, num_blocks + 1):

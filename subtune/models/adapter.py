@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,8 @@ from subtune.errors import SubtuneError
 
 if TYPE_CHECKING:
     from torch import nn
+
+log = logging.getLogger("subtune")
 
 
 @dataclass
@@ -58,13 +61,30 @@ class Adapter:
     def map_state_dict(self, state_dict: dict, model: "nn.Module") -> dict:
         """Rename a foreign state_dict to this model's names. The default accepts the model's
         own names, or the same tensors in the same order under other names (as in ports of the
-        same network from another codebase), and refuses anything else."""
+        same network from another codebase), and refuses anything else.
+
+        Mapping by position is logged (warning), and refused where shapes cannot tell tensors of
+        one module apart and the names do not either: BatchNorm's four [C] tensors, say, stored
+        in another order under names that do not say which is which."""
         own = model.state_dict()
         if set(state_dict) == set(own):
             return dict(state_dict)
         if len(state_dict) == len(own) and all(
             tuple(a.shape) == tuple(b.shape) for a, b in zip(state_dict.values(), own.values())
         ):
+            pairs = list(zip(own, state_dict))
+            ambiguous = [(o, f) for o, f in pairs if _shares_shape_in_module(o, own) and _role(f) != _role(o)]
+            if ambiguous:
+                o, f = ambiguous[0]
+                raise SubtuneError(
+                    f"weights have other names than {type(model).__name__}'s, and mapping them by position is "
+                    f"ambiguous: {f!r} would become {o!r}, but {o.rsplit('.', 1)[0]!r} has several tensors of shape "
+                    f"{list(own[o].shape)} and the names do not say which is which ({len(ambiguous)} such); save "
+                    "the weights with this architecture's own names")
+            renamed = [(o, f) for o, f in pairs if o != f]
+            log.warning("weights mapped to %s by position: %d of %d tensors have other names (e.g. %r -> %r); "
+                        "shapes match, and tensors of equal shape in one module were matched by name",
+                        type(model).__name__, len(renamed), len(pairs), renamed[0][1], renamed[0][0])
             return {k: v for k, v in zip(own, state_dict.values())}
         missing = sorted(set(own) - set(state_dict))[:3]
         raise SubtuneError(
@@ -72,6 +92,24 @@ class Adapter:
             f"{list(own)[:2]}, found {len(state_dict)} (e.g. missing {missing}); pass weights "
             "saved from the same architecture"
         )
+
+
+# Last name parts that mean the same tensor in other codebases (TensorFlow/Keras, Flax ports).
+_ROLE_SYNONYMS = {"gamma": "weight", "scale": "weight", "kernel": "weight", "beta": "bias",
+                  "moving_mean": "running_mean", "moving_variance": "running_var", "moving_var": "running_var",
+                  "mean": "running_mean", "var": "running_var", "variance": "running_var"}
+
+
+def _role(name: str) -> str:
+    last = name.rsplit(".", 1)[-1].rsplit("/", 1)[-1].lower().split(":")[0]
+    return _ROLE_SYNONYMS.get(last, last)
+
+
+def _shares_shape_in_module(name: str, own: dict) -> bool:
+    """Whether another tensor of the same module (same name prefix) has this tensor's shape."""
+    prefix, shape = name.rsplit(".", 1)[0] if "." in name else "", tuple(own[name].shape)
+    return any(k != name and (k.rsplit(".", 1)[0] if "." in k else "") == prefix and tuple(v.shape) == shape
+               for k, v in own.items())
 
 
 _REGISTRY: dict[str, Adapter] = {}

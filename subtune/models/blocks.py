@@ -1,4 +1,5 @@
-"""Parse a user's block selection: `13`, `13-14`, `13,14` or a stage name such as `layer3`."""
+"""Parse a user's block selection (`13`, `13-14`, `13,14` or a stage name such as `layer3`), and
+write one back (`block_span`)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,9 @@ def parse_blocks(spec: str, backbone: Backbone) -> list[int]:
     if blocks != list(range(blocks[0], blocks[0] + len(blocks))):
         raise SubtuneError(f"blocks {spec!r} are not consecutive: SubTuning tunes one consecutive range")
     return blocks
+
+
+def block_span(blocks) -> str:
+    """[13, 14] -> "13-14"; [16] -> "16": how reports and tables name a window of blocks."""
+    blocks = list(blocks)
+    return f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else str(blocks[0])

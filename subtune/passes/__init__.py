@@ -2,9 +2,10 @@
 transformation or check, each returning `PassResult(model, modified)`."""
 
 from subtune.passes.attach_metadata import AttachMetadataPass
+from subtune.passes.name_batch_dim import NameBatchDimPass
 from subtune.passes.name_stream_nodes import NameStreamNodesPass
 from subtune.passes.strip_export_metadata import StripExportMetadataPass
 from subtune.passes.tensorrt_compat import CheckTensorRTCompatPass, TensorRTCompatError
 
-__all__ = ["AttachMetadataPass", "CheckTensorRTCompatPass", "NameStreamNodesPass",
+__all__ = ["AttachMetadataPass", "CheckTensorRTCompatPass", "NameBatchDimPass", "NameStreamNodesPass",
            "StripExportMetadataPass", "TensorRTCompatError"]

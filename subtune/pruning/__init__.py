@@ -3,8 +3,8 @@
     analysis.py   the channel groups inside a block, and their L1/L2 importance (Torch-Pruning)
     plan.py       how many of each group to keep: local/global scope, round_to (policy only)
     prune.py      prune_task: analyse -> plan -> apply -> a self-describing pruned task
-    rebuild.py    the pruned-task contract: rebuild a smaller block from the file alone (pure torch)
-    attention.py  self-attention whose heads can be removed (pure torch)
+    (the pruned-task contract, rebuilding a smaller block from the file alone, and self-attention
+    whose heads can be removed live in subtune/delta/: every package that runs a task needs them)
     recover.py    recovery training of the pruned blocks and head, and accuracy
     sweep.py      ratios x scope x norm: accuracy against the fraction of parameters kept
 

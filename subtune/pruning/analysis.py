@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from subtune.errors import SubtuneError
-from subtune.pruning.attention import HeadAttention
+from subtune.delta.attention import HeadAttention
 
 CHANNELS, HEADS = "channels", "heads"
 

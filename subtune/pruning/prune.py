@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
-from subtune.compiler.lower import task_blocks
+from subtune.delta.modules import task_blocks
 from subtune.errors import SubtuneError
 from subtune.formats import BaseModel, TaskDelta, validate_task
 from subtune.models import Backbone
 from subtune.pruning import measure
 from subtune.pruning.analysis import HEADS, PrunableBlock
 from subtune.pruning.plan import PruneOptions, plan_pruning
-from subtune.pruning.rebuild import PRUNED_FORMAT, pruned_blocks
+from subtune.delta.pruned import PRUNED_FORMAT, pruned_blocks
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from subtune.compiler.lower import task_blocks
+from subtune.delta.modules import task_blocks
 from subtune.errors import SubtuneError
 from subtune.formats import BaseModel, TaskDelta, validate_task
 from subtune.models import Backbone

@@ -1,7 +1,10 @@
 """The paper's Figure 7 / 16 experiment: prune at ratios 0.1..0.9, local/global x L1/L2, recover,
 and plot accuracy against the fraction of SubTuning parameters kept.
 
-`run_sweep` returns data; `plot_sweep` and `sweep_table` format it.
+`run_sweep` returns data; `plot_sweep` and `sweep_table` format it. Every point is independent:
+`SweepWork(...)(point)` prunes (and recovers) one, and `run_sweep(executor=...)` hands the points
+to an executor (`run(items, on_done)`; default: one after another here; `subtune.cluster.RayMap`
+runs them as Ray tasks). Points come back in any order and are stored in sweep order.
 """
 
 from __future__ import annotations
@@ -44,34 +47,68 @@ class Sweep:
         return {**asdict(self), "best_per_5pct": [asdict(p) for p in best_per_bin(self.points)]}
 
 
+@dataclass
+class SweepWork:
+    """Everything one point needs; calling it with a SweepPoint (ratio, scope, norm set) fills
+    in the rest. Picklable, so a Ray worker can receive it once and run many points."""
+
+    task: TaskDelta
+    base: BaseModel
+    backbone: Backbone
+    test: CachedData
+    train: CachedData | None
+    config: object  # a trainer TrainConfig
+    round_to: int | None
+    input_size: tuple[int, int] | None
+
+    def __call__(self, point: SweepPoint) -> SweepPoint:
+        point = SweepPoint(point.ratio, point.scope, point.norm)
+        try:
+            result = prune_task(self.task, self.base, PruneOptions(point.ratio, point.norm, point.scope, self.round_to),
+                                backbone=self.backbone, input_size=self.input_size)
+        except SubtuneError as e:
+            point.error = str(e)
+            return point
+        point.params_kept, point.flops_kept = result.report["params_kept"], result.report["flops_kept"]
+        point.accuracy = point.accuracy_pruned = accuracy(result.task, self.backbone, self.test)
+        if self.train is not None:
+            trained = recover(result.task, self.base, self.backbone, self.train, self.config)
+            point.accuracy = accuracy(trained, self.backbone, self.test)
+        return point
+
+
+class SerialPoints:
+    def __init__(self, work: SweepWork):
+        self.work = work
+
+    def run(self, items: list, on_done) -> None:
+        for item in items:
+            on_done(item, self.work(item))
+
+
 def run_sweep(task: TaskDelta, base: BaseModel, backbone: Backbone, test: CachedData, *,
               train: CachedData | None = None, config=None, ratios=RATIOS, scopes=SCOPES, norms=tuple(NORMS),
-              round_to: int | None = None, input_size: tuple[int, int] | None = None, on_point=None) -> Sweep:
+              round_to: int | None = None, input_size: tuple[int, int] | None = None, on_point=None,
+              executor=None) -> Sweep:
     """Every ratio x scope x norm; with `train`, each pruned task is recovery-trained first
-    (`config`: a trainer TrainConfig). `backbone` must be frozen."""
+    (`config`: a trainer TrainConfig). `backbone` must be frozen. `executor(work)` builds the
+    executor for a SweepWork (default: SerialPoints)."""
     from subtune.training.trainer import TrainConfig
 
     config = config or TrainConfig()
     sweep = Sweep(task.name, list(task.blocks), accuracy(task, backbone, test),
                   config.to_meta() if train is not None else None, round_to)
-    for scope in scopes:
-        for norm in norms:
-            for ratio in ratios:
-                point = SweepPoint(ratio, scope, norm)
-                try:
-                    result = prune_task(task, base, PruneOptions(ratio, norm, scope, round_to), backbone=backbone,
-                                        input_size=input_size)
-                except SubtuneError as e:
-                    point.error = str(e)
-                else:
-                    point.params_kept, point.flops_kept = result.report["params_kept"], result.report["flops_kept"]
-                    point.accuracy = point.accuracy_pruned = accuracy(result.task, backbone, test)
-                    if train is not None:
-                        trained = recover(result.task, base, backbone, train, config)
-                        point.accuracy = accuracy(trained, backbone, test)
-                sweep.points.append(point)
-                if on_point:
-                    on_point(point)
+    work = SweepWork(task, base, backbone, test, train, config, round_to, input_size)
+    todo = [SweepPoint(ratio, scope, norm) for scope in scopes for norm in norms for ratio in ratios]
+    done: dict[tuple, SweepPoint] = {}
+
+    def finished(item: SweepPoint, point: SweepPoint) -> None:
+        done[(item.ratio, item.scope, item.norm)] = point
+        if on_point:
+            on_point(point)
+
+    (executor or SerialPoints)(work).run(todo, finished)
+    sweep.points = [done[(p.ratio, p.scope, p.norm)] for p in todo]
     return sweep
 
 

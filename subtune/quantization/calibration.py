@@ -22,6 +22,7 @@ from subtune.errors import SubtuneError
 
 if TYPE_CHECKING:
     from subtune.formats import TaskDelta
+    from subtune.quantization.heldout import CheckSet
 
 METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_BATCH = 8  # images per calibrator run; bounds the memory of all intermediate tensors
@@ -33,6 +34,7 @@ class CalibrationSet:
     labels: np.ndarray | None = None  # int64 (N,), None when unlabelled
     classes: list[str] | None = None
     source: str = "images given in code"
+    check: "CheckSet | None" = None  # held-out images to judge the reduced graph on (heldout.py)
 
     def __post_init__(self):
         self.images = np.ascontiguousarray(self.images, dtype=np.float32)

@@ -45,6 +45,9 @@ QDQ_OPTIONS = {
     "WeightSymmetric": True,
     "QuantizeBias": False,  # TensorRT's DequantizeLinear takes no int32
     "OpTypesToExcludeOutputQuantization": ["Gemm"],  # 2-D Gemms are the heads: logits stay float
+    # Relu/Clip stay in the graph (ONNX Runtime folds them into the next QuantizeLinear at run time all the
+    # same): a layer that falls back to fp32 (mixed.py) reads the activation's float value, not its input.
+    "QDQKeepRemovableActivations": True,
 }
 
 

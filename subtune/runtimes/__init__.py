@@ -3,7 +3,7 @@ execution providers when present), TensorRT `.plan` engines, and PyTorch eager.
 
     base.py         BaseRunner (activate / infer / deactivate / describe / last inference time)
     onnxruntime.py  SessionFromOnnx loader, OnnxrtRunner
-    tensorrt.py     build_engine, EngineFromPath loader, TrtRunner (UNRUN: needs a GPU)
+    tensorrt.py     build_engine, compare_engine, EngineFromPath loader, TrtRunner (UNRUN: needs a GPU)
     pytorch.py      TorchRunner
 
 Every module here imports its runtime only when a loader or runner is used, so a CPU-only

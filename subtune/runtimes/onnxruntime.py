@@ -24,10 +24,13 @@ if TYPE_CHECKING:
 # --provider name -> (execution providers in priority order, what to install when missing)
 _PROVIDERS: dict[str, tuple[tuple[str, ...], str]] = {
     "cpu": (("CPUExecutionProvider",), "onnxruntime: pip install onnxruntime"),
+    # onnxruntime and onnxruntime-gpu install the same `onnxruntime` package: swap, never add (README, GPU install)
     "cuda": (("CUDAExecutionProvider", "CPUExecutionProvider"),
-             "onnxruntime-gpu (pip uninstall onnxruntime && pip install 'subtune[gpu]') with an NVIDIA driver"),
+             "onnxruntime-gpu in place of onnxruntime (pip uninstall -y onnxruntime && pip install onnxruntime-gpu) "
+             "with an NVIDIA driver"),
     "tensorrt": (("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-                 "onnxruntime-gpu ('subtune[gpu]') and TensorRT's libraries ('subtune[tensorrt]') with an NVIDIA driver"),
+                 "onnxruntime-gpu in place of onnxruntime (pip uninstall -y onnxruntime && pip install onnxruntime-gpu) "
+                 "and TensorRT's libraries ('subtune[tensorrt]') with an NVIDIA driver"),
 }
 PROVIDER_NAMES = tuple(_PROVIDERS)
 
@@ -110,18 +113,40 @@ class SessionFromOnnx:
         elif self.threads:
             opts.intra_op_num_threads = self.threads
         try:
-            return ort.InferenceSession(self.model, sess_options=opts, providers=providers)
+            session = ort.InferenceSession(self.model, sess_options=opts, providers=providers)
         except Exception as e:  # ORT's load errors (bad protobuf, unsupported op) have no common base class
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             where = self.model if isinstance(self.model, str) else "the model"
             raise SubtuneError(f"ONNX Runtime could not load {where}: {first}") from e
+        check_provider_started(session, providers)
+        return session
 
 
-def session_from_bytes(model: bytes | str, *, threads: int | None = None, providers=("CPUExecutionProvider",)):
-    """An InferenceSession from serialized ONNX bytes or a path."""
+def check_provider_started(session, providers: list) -> None:
+    """ONNX Runtime lists an execution provider whenever its provider library is present, and when
+    the provider then cannot start (TensorRT's own libraries missing, seen on an H200 with
+    onnxruntime-gpu 1.31) it falls back to the next one with a message on stdout only. A session
+    timed or verified as --provider X must run on X: refuse the fallback in one line."""
+    wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    used = session.get_providers()
+    if not used or used[0] != wanted:
+        hint = ("TensorRT's libraries (libnvinfer) are missing or do not match onnxruntime-gpu: install TensorRT "
+                "('subtune[tensorrt]') or use --provider cuda" if wanted == "TensorrtExecutionProvider"
+                else "check the GPU driver and the CUDA/cuDNN libraries onnxruntime-gpu needs")
+        raise SubtuneError(f"ONNX Runtime lists {wanted} but it could not start (the session fell back to "
+                           f"{used[0] if used else 'nothing'}): {hint}")
+
+
+def session_from_bytes(model: bytes | str, *, threads: int | None = None, providers=("CPUExecutionProvider",),
+                       prepack: bool = True):
+    """An InferenceSession from serialized ONNX bytes or a path (external data beside it is
+    found from the path). `prepack=False` keeps ONNX Runtime from making a prepacked copy of
+    matrix weights: slower, but a graph over 2 GiB then stays in memory once."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(model, sess_options=opts, providers=list(providers))

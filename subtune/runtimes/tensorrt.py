@@ -1,6 +1,7 @@
-"""TensorRT: engine building through Polygraphy's loaders, and a runner for `.plan` engines,
-for TensorRT 10 and 11 (both use the name-based I/O tensor API: set_input_shape,
-set_tensor_address, execute_async_v3).
+"""TensorRT: engine building through Polygraphy's loaders (strongly typed for QDQ/FP16 graphs),
+a check of a built engine against its ONNX graph in ONNX Runtime (`compare_engine`), and a
+runner for `.plan` engines, for TensorRT 10 and 11 (both use the name-based I/O tensor API:
+set_input_shape, set_tensor_address, execute_async_v3).
 
     with TrtRunner(EngineFromPath("model.plan"), cuda_graph=True) as runner:
         runner.infer({"images": batch})
@@ -46,36 +47,99 @@ def parse_batch_range(text: str) -> tuple[int, int, int]:
         lo, opt, hi = (int(x) for x in text.split(","))
     except ValueError:
         raise SubtuneError(f"--batch-range expects MIN,OPT,MAX (e.g. 1,8,32), found {text!r}") from None
-    if not 1 <= lo <= opt <= hi:
-        raise SubtuneError(f"--batch-range needs 1 <= MIN <= OPT <= MAX, found {text!r}")
-    return lo, opt, hi
+    return check_batch_range((lo, opt, hi))
+
+
+def check_batch_range(batch_range) -> tuple[int, int, int]:
+    values = tuple(batch_range)
+    if len(values) != 3 or not all(isinstance(v, int) for v in values) or not 1 <= values[0] <= values[1] <= values[2]:
+        raise SubtuneError(f"batch range needs MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, found {list(values)}")
+    return values
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, input_size: tuple[int, int],
                  batch_range: tuple[int, int, int] = (1, 8, 32), workspace_gib: float = 4.0,
-                 sample_shape: tuple[int, ...] | None = None) -> None:
-    """Parse the ONNX file and build a serialized engine with one dynamic-batch profile for its
-    input `images`, of shape [batch, 3, H, W], or [batch, *sample_shape] when given (the
-    benchmark's sub-models take features, not images).
+                 sample_shape: tuple[int, ...] | None = None, strongly_typed: bool = False) -> None:
+    """Parse the ONNX file (external data beside it is found from its path) and build a
+    serialized engine, written atomically, with one dynamic-batch profile for its input
+    `images`, of shape [batch, 3, H, W], or [batch, *sample_shape] when given (the benchmark's
+    sub-models take features, not images).
 
-    FP32 only here: TensorRT 11 removed the FP16/INT8 builder flags (reduced precision comes
-    from the ONNX graph itself: an FP16 graph, or QDQ nodes), and TensorRT 10 builds FP32
-    unless asked otherwise, so the same call serves both."""
+    No precision flags: reduced precision comes from the ONNX graph itself (an FP16 graph, or
+    QDQ nodes). `strongly_typed` (for such graphs) makes TensorRT 10 keep every tensor's type
+    from the graph instead of choosing kernels freely, which may run a QDQ/FP16 graph in fp32;
+    TensorRT 11 networks are strongly typed always. FP32 graphs build with TF32 off
+    (Polygraphy's default), so the engine's arithmetic is the graph's. Polygraphy and TensorRT
+    failures become one-line SubtuneErrors."""
     reason = tensorrt_unavailable_reason()
     if reason:
         raise SubtuneError(f"cannot build a TensorRT engine: {reason}; compile with -o model.onnx for the CPU path")
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
 
-    lo, opt, hi = batch_range
+    lo, opt, hi = check_batch_range(batch_range)
     h, w = input_size
     sample = tuple(sample_shape) if sample_shape else (3, h, w)
-    profile = Profile().add("images", min=(lo, *sample), opt=(opt, *sample), max=(hi, *sample))
-    config = CreateConfig(profiles=[profile], memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))})
-    with atomic_path(engine_path) as tmp:
-        SaveEngine(EngineFromNetwork(NetworkFromOnnxPath(str(onnx_path)), config=config), path=str(tmp))()
+    # TensorRT 11 is strongly typed by default and may have dropped the creation flag.
+    typed = strongly_typed and int(trt.__version__.split(".")[0]) < 11
+    try:
+        profile = Profile().add("images", min=(lo, *sample), opt=(opt, *sample), max=(hi, *sample))
+        config = CreateConfig(profiles=[profile],
+                              memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))})
+        network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=typed)
+        with atomic_path(engine_path) as tmp:
+            SaveEngine(EngineFromNetwork(network, config=config), path=str(tmp))()
+    except SubtuneError:
+        raise
+    except Exception as e:  # PolygraphyException, and TensorRT's own errors (no common base class)
+        raise SubtuneError(f"TensorRT could not build an engine from {onnx_path}: {_first_line(e)}; "
+                           "rerun with --debug for TensorRT's log") from e
     if not Path(engine_path).is_file():
         raise SubtuneError(f"TensorRT did not produce {engine_path}")
+
+
+def compare_engine(engine_path: str | os.PathLike, onnx_path: str | os.PathLike, output_names: list[str], *,
+                   input_size: tuple[int, int], batches: tuple[int, ...], tolerance: float,
+                   seed: int = 0) -> list[dict]:
+    """Run the engine and the ONNX graph (ONNX Runtime CPU, the verified reference) on the same
+    seeded images at each batch size; raise VerificationError when any output differs by more
+    than `tolerance` (max |error| / max |reference|). Returns one row per output and batch."""
+    import numpy as np
+
+    from subtune.errors import VerificationError
+    from subtune.runtimes.onnxruntime import session_from_bytes
+
+    session = session_from_bytes(str(onnx_path))
+    rng = np.random.default_rng(seed)
+    rows: list[dict] = []
+    with TrtRunner(EngineFromPath(engine_path), name=Path(engine_path).name) as runner:
+        for batch in batches:
+            images = rng.standard_normal((batch, 3, *input_size), dtype=np.float32)
+            want = dict(zip(output_names, session.run(output_names, {"images": images})))
+            got = runner.infer({"images": images})
+            for name in output_names:
+                ref = want[name].astype(np.float64)
+                out = np.asarray(got[name], dtype=np.float64)
+                if out.shape != ref.shape:
+                    raise VerificationError(f"engine output {name!r} at batch {batch}: shape {out.shape}, "
+                                            f"the ONNX graph gives {ref.shape}")
+                err, scale = float(np.abs(out - ref).max()), float(np.abs(ref).max())
+                rows.append({"batch": batch, "output": name, "max_abs_error": err, "scale": scale,
+                             "relative_error": err / max(scale, 1e-12)})
+    bad = [r for r in rows if not r["relative_error"] <= tolerance]
+    if bad:
+        worst = max(bad, key=lambda r: r["relative_error"])
+        error = VerificationError(
+            f"the TensorRT engine differs from the verified ONNX graph: output {worst['output']!r} at batch "
+            f"{worst['batch']} by {worst['relative_error']:.2e} (relative), tolerance {tolerance:.0e}; no engine written")
+        error.checks = rows
+        raise error
+    return rows
 
 
 # --------------------------------------------------------------------------- running engines

@@ -8,7 +8,9 @@ A policy over a scoring callback, so it can be tested without training anything:
        deploys them); take the best.
     3. Stop when the best gain over the current set is below epsilon, or at max_blocks.
 
-Scores come from a validation split: the caller's job, and never the test set. Step 1 always
+Each step's candidates are independent: `score_many(candidates) -> scores` scores them together
+(e.g. as parallel Ray tasks, `training.profile.window_scorer`); without it `score` is called on
+each in turn. Scores come from a validation split: the caller's job, and never the test set. Step 1 always
 keeps a block (a task needs one); when even the best block does not beat `start_score` (the
 linear probe) by epsilon, the path says so.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
+
+from subtune.models.blocks import block_span
 
 
 @dataclass
@@ -50,9 +54,9 @@ class GreedyPath:
             verdict = "accepted" if s.accepted else f"stop: gain {gain} < epsilon {self.epsilon}"
             if s.accepted and not path_beats(self, i):
                 verdict = f"kept (a task needs a block), but it does not beat the linear probe by epsilon {self.epsilon}"
-            lines.append(f"step {i}: best {_span(s.chosen)} {s.score:.4f} (gain {gain}, "
+            lines.append(f"step {i}: best {block_span(s.chosen)} {s.score:.4f} (gain {gain}, "
                          f"{len(s.candidates)} candidates) -> {verdict}")
-        lines.append(f"selected blocks {_span(self.selected)} (validation score {self.score:.4f})")
+        lines.append(f"selected blocks {block_span(self.selected)} (validation score {self.score:.4f})")
         return lines
 
     def to_json(self) -> dict:
@@ -61,8 +65,11 @@ class GreedyPath:
                 "score": self.score, "beats_linear_probe": self.beats_start}
 
 
-def greedy_select(score: Callable[[list[int]], float], num_blocks: int, *, epsilon: float = 0.005,
-                  max_blocks: int = 3, start_score: float | None = None) -> GreedyPath:
+def greedy_select(score: Callable[[list[int]], float] | None, num_blocks: int, *, epsilon: float = 0.005,
+                  max_blocks: int = 3, start_score: float | None = None,
+                  score_many: Callable[[list[list[int]]], list[float]] | None = None) -> GreedyPath:
+    if score is None and score_many is None:
+        raise ValueError("greedy_select needs score or score_many")
     path = GreedyPath(epsilon, max_blocks, start_score)
     current: list[int] = []
     current_score = start_score
@@ -72,7 +79,8 @@ def greedy_select(score: Callable[[list[int]], float], num_blocks: int, *, epsil
                       ([current + [current[-1] + 1]] if current[-1] < num_blocks else [])
         else:
             options = [[b] for b in range(1, num_blocks + 1)]
-        scored = [(blocks, float(score(blocks))) for blocks in options]
+        scores = score_many(options) if score_many else [score(blocks) for blocks in options]
+        scored = [(blocks, float(s)) for blocks, s in zip(options, scores, strict=True)]
         best_blocks, best = max(scored, key=lambda bs: (bs[1], bs[0][0]))
         gain = best - current_score if current_score is not None else None
         beats = gain is None or gain >= epsilon
@@ -89,7 +97,3 @@ def greedy_select(score: Callable[[list[int]], float], num_blocks: int, *, epsil
 
 def path_beats(path: GreedyPath, step: int) -> bool:
     return step != 1 or path.beats_start
-
-
-def _span(blocks: list[int]) -> str:
-    return f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else str(blocks[0])

@@ -116,7 +116,14 @@ class SubTuneNet(nn.Module):
 
     @classmethod
     def from_task(cls, backbone: Backbone, task: TaskDelta) -> "SubTuneNet":
-        from subtune.compiler.lower import task_blocks  # rebuilds pruned blocks at their smaller size
+        """The network a task file describes; a tap task (Head2Toe, linear probe) gives a
+        head2toe.TapNet, which reads images (cut 0)."""
+        from subtune.delta.modules import task_blocks  # rebuilds pruned blocks at their smaller size
+
+        if task.taps is not None:
+            from subtune.training.head2toe import TapNet
+
+            return TapNet.from_task(backbone, task)
 
         net = cls(backbone, task.blocks, task.num_classes, siamese=task.siamese)
         net.tuned = task_blocks(task, backbone)

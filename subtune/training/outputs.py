@@ -1,9 +1,15 @@
 """Writing what training produced.
 
     subtune  a task delta (subtune.task/1): the tuned blocks and the head.
-    linear   a task delta too, so the compiler can deploy it: the task format needs at least one
-             block, so it carries the last block with the base's own weights, unchanged, and
-             meta["mode"] = "linear" says so (the compiled graph runs that block once more).
+    linear   a tap task (subtune.task/1, kind "tap"): the head on the base's own features, which
+             the compiler attaches to the shared stream without forking. (Before tap tasks, a
+             probe carried the last block with the base's weights and forked there; such files
+             still load and compile as they did.)
+    head2toe a tap task: the tapped points, their pooling, the selected features and the head;
+             meta["head2toe"] records the budget, the group-lasso strength and each feature's
+             importance.
+    lora     a task delta: the adapters merged into the blocks' weights (meta["lora"]: rank,
+             alpha, adapted layers), so it deploys like SubTuning on the same blocks.
     full     NOT a task delta: a whole model, written in the base-file format
              (subtune.base/1, arch_kwargs with the new num_classes) plus
              "kind": "full-finetune", "finetuned_from": <base fingerprint>, "classes", "meta".
@@ -16,7 +22,8 @@ import re
 from pathlib import Path
 
 import subtune
-from subtune.formats import RESERVED_NAMES, BaseModel, fingerprint, make_task, save_dict, save_task
+from subtune.formats import RESERVED_NAMES, BaseModel, fingerprint, make_tap_task, make_task, save_dict, save_task
+from subtune.models.blocks import block_span
 from subtune.training.trainer import TrainResult
 
 FULL_KIND = "full-finetune"
@@ -41,19 +48,31 @@ def write_result(path: str, base: BaseModel, result: TrainResult, *, name: str, 
         save_dict(path, {**model.to_dict(), "kind": FULL_KIND, "finetuned_from": base.fingerprint,
                          "classes": list(classes), "meta": meta})
         return f"a fully finetuned model (base-file format, kind {FULL_KIND!r}; not a task delta)"
+    size = tuple(meta["preprocess"]["image_size"]) if isinstance(meta.get("preprocess"), dict) else None
     if result.mode == "linear":
-        last = net.backbone.num_blocks
-        meta["note"] = (f"linear probe: block {last} carries the base's weights unchanged because a task "
-                        "needs at least one block")
-        task = make_task(base, name, [last], [net.backbone.blocks[last - 1]], net.head, classes=list(classes),
-                         meta=meta)
+        bb = net.backbone
+        meta["method"] = "linear"
+        point = {"point": bb.num_blocks + 2, "grid": None, "dim": bb.feature_dim}
+        task = make_tap_task(base, name, [point], net.head, classes=list(classes), meta=meta, input_size=size)
+    elif result.mode == "head2toe":
+        meta["method"] = "head2toe"
+        meta["head2toe"] = {k: v for k, v in result.method.items() if k not in ("method", "importance")}
+        task = make_tap_task(base, name, net.specs, net.head, select=net.select, classes=list(classes), meta=meta,
+                             input_size=size)
+    elif result.mode == "lora":
+        meta["method"] = "lora"
+        meta["lora"] = {k: v for k, v in result.method.items() if k != "method"}
+        if isinstance(meta.get("training"), dict):  # LoRA keeps the blocks' BatchNorm as the base has it
+            meta["training"] = {**meta["training"], "tuned_bn_statistics": "frozen (LoRA)"}
+        task = make_task(base, name, result.blocks, net.merged_blocks(), net.head, classes=list(classes), meta=meta)
     else:
         task = make_task(base, name, result.blocks, list(net.tuned), net.head, siamese=net.siamese,
                          classes=list(classes), meta=meta)
     save_task(path, task)
-    which = f"blocks {_span(task.blocks)}" if len(task.blocks) > 1 else f"block {task.blocks[0]}"
-    return f"task {task.name!r} on {which}" + (" (siamese)" if task.siamese else "")
-
-
-def _span(blocks: list[int]) -> str:
-    return f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else str(blocks[0])
+    if task.taps is not None:
+        points = task.tap_points
+        return (f"tap task {task.name!r} ({result.mode}): a head on {task.head['weight'].shape[1]} features pooled from "
+                f"{len(points)} point{'s' if len(points) > 1 else ''} of the base, no forked blocks")
+    which = f"blocks {block_span(task.blocks)}" if len(task.blocks) > 1 else f"block {task.blocks[0]}"
+    return f"task {task.name!r} on {which}" + (" (siamese)" if task.siamese else "") + \
+        (" (LoRA merged)" if result.mode == "lora" else "")

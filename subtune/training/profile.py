@@ -1,30 +1,110 @@
 """The finetuning profile (paper §2): train each consecutive window of blocks on its own and
 record validation accuracy, trainable parameters and time; optionally the linear-probe and
-full-finetuning baselines. Windows are visited front to back, so the activation cache walks
-down the network one frozen block at a time."""
+full-finetuning baselines.
+
+The unit of work is one run, a `RunSpec` (mode, blocks, seed): `run_one(trainer, spec)` trains
+it and returns a JSON-able result dict. Where runs execute is a policy, an *executor*: an
+object with `run(specs, on_done)` that calls `on_done(spec, result)` as each run finishes, in
+any order. `SerialExecutor` (here) runs them in this process, front to back, so the activation
+cache walks down the network one frozen block at a time; `subtune.cluster.RayExecutor` runs
+them as Ray tasks. The profile is assembled from the results in spec order, so every executor
+gives the same JSON for the same results.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Protocol
 
 from subtune.errors import SubtuneError
+from subtune.models.blocks import block_span
 from subtune.training.trainer import Trainer, TrainResult
 
 PROFILE_FORMAT = "subtune.profile/1"
+MODES = ("subtune", "linear", "full")
 
 
-def aggregate(runs: list[TrainResult]) -> dict:
-    """One profile entry from runs that differ only in seed: means, spreads and each run."""
-    val = [r.val_accuracy for r in runs]
-    out = {"blocks": [runs[0].blocks[0], runs[0].blocks[-1]] if runs[0].blocks else [],
-           "accuracy": statistics.fmean(val), "accuracy_std": _std(val), "params": runs[0].params,
-           "seconds": statistics.fmean(r.seconds for r in runs), "cached": runs[0].cached,
-           "runs": [r.summary() for r in runs]}
-    if all(r.test_accuracy is not None for r in runs):
-        test = [r.test_accuracy for r in runs]
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run. `test=False` leaves the test split alone (selection runs)."""
+
+    mode: str  # "subtune" | "linear" | "full"
+    blocks: tuple[int, ...] = ()
+    seed: int = 0
+    siamese: bool = False
+    test: bool = True
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")  # a bug: specs are built in code
+        if (self.mode == "subtune") != bool(self.blocks):
+            raise ValueError(f"{self.mode} run with blocks {self.blocks}")
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe name, unique per run: `subtune_3-4_seed0`, `linear_seed1`."""
+        blocks = f"_{block_span(list(self.blocks))}" if self.blocks else ""
+        siamese, test = "_siamese" if self.siamese else "", "" if self.test else "_notest"
+        return f"{self.mode}{blocks}{siamese}_seed{self.seed}{test}"
+
+    @property
+    def group(self) -> str:
+        """What the run is averaged with over seeds: the profile row's label."""
+        return block_span(list(self.blocks)) if self.mode == "subtune" else self.mode
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "blocks": list(self.blocks), "seed": self.seed, "siamese": self.siamese,
+                "test": self.test}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RunSpec":
+        return cls(d["mode"], tuple(d["blocks"]), int(d["seed"]), bool(d["siamese"]), bool(d["test"]))
+
+
+def run_one(trainer: Trainer, spec: RunSpec) -> dict:
+    """Train one run and return its summary (no weights) and last-epoch training loss: the same
+    function on every executor."""
+    if spec.mode == "subtune":
+        result = trainer.subtune(list(spec.blocks), siamese=spec.siamese, seed=spec.seed, test=spec.test)
+    elif spec.mode == "linear":
+        result = trainer.linear(seed=spec.seed)
+    else:
+        result = trainer.full(seed=spec.seed)
+    return {**result.summary(), "train_loss": result.history[-1]["loss"]}
+
+
+class Executor(Protocol):
+    def describe(self) -> str: ...
+
+    def run(self, specs: list[RunSpec], on_done: Callable[[RunSpec, dict], None]) -> None: ...
+
+
+class SerialExecutor:
+    """Every run in this process, in the order given."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def describe(self) -> str:
+        return "serial, this process"
+
+    def run(self, specs: list[RunSpec], on_done: Callable[[RunSpec, dict], None]) -> None:
+        for spec in specs:
+            on_done(spec, run_one(self.trainer, spec))
+
+
+def aggregate(runs: list[TrainResult | dict]) -> dict:
+    """One profile entry from runs that differ only in seed: means, spreads and each run
+    (TrainResults or their summaries)."""
+    runs = [r.summary() if isinstance(r, TrainResult) else r for r in runs]
+    val = [r["val_accuracy"] for r in runs]
+    out = {"blocks": list(runs[0]["blocks"]), "accuracy": statistics.fmean(val), "accuracy_std": _std(val),
+           "params": runs[0]["params"], "seconds": statistics.fmean(r["seconds"] for r in runs),
+           "cached": runs[0]["cached"], "runs": runs}
+    if all(r.get("test_accuracy") is not None for r in runs):
+        test = [r["test_accuracy"] for r in runs]
         out.update(test_accuracy=statistics.fmean(test), test_accuracy_std=_std(test))
     return out
 
@@ -42,6 +122,8 @@ class Profile:
     baselines: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
     cache_seconds: float = 0.0
+    resumed: int = 0  # runs taken from an earlier, interrupted profile
+    executor: str = "serial, this process"
 
     @property
     def best(self) -> dict:
@@ -58,26 +140,85 @@ def windows(num_blocks: int, window: int, starts: list[int] | None = None) -> li
     return [list(range(f, f + window)) for f in sorted(firsts)]
 
 
+def profile_specs(num_blocks: int, *, window: int = 1, seeds: Iterable[int] = (0,), starts: list[int] | None = None,
+                  siamese: bool = False, baselines: bool = False) -> list[RunSpec]:
+    """Every run of a profile, windows front to back, then the baselines; seeds innermost."""
+    specs = [RunSpec("subtune", tuple(b), s, siamese) for b in windows(num_blocks, window, starts) for s in seeds]
+    if baselines:
+        specs += [RunSpec(mode, (), s) for mode in ("linear", "full") for s in seeds]
+    return specs
+
+
 def run_profile(trainer: Trainer, *, window: int = 1, seeds: list[int] | None = None, starts: list[int] | None = None,
                 siamese: bool = False, baselines: bool = False,
-                on_entry: Callable[[str, dict], None] | None = None) -> Profile:
-    seeds = seeds or [trainer.config.seed]
+                on_entry: Callable[[str, dict], None] | None = None, executor: Executor | None = None,
+                done: dict[str, dict] | None = None,
+                on_run: Callable[[RunSpec, dict], None] | None = None) -> Profile:
+    """`done`: results of runs already finished (by key), which are not run again. `on_run` sees
+    each new result as it arrives (to save it); `on_entry` each profile row once all its seeds
+    are in."""
+    seeds = list(seeds or [trainer.config.seed])
+    executor = executor or SerialExecutor(trainer)
     began = time.perf_counter()
-    prof = Profile(window, list(seeds), siamese)
-    for blocks in windows(trainer.backbone.num_blocks, window, starts):
-        entry = aggregate([trainer.subtune(blocks, siamese=siamese, seed=s) for s in seeds])
-        prof.entries.append(entry)
-        if on_entry:
-            on_entry(_span(blocks), entry)
-    if baselines:
-        for name, run in (("linear", trainer.linear), ("full", trainer.full)):
-            entry = aggregate([run(seed=s) for s in seeds])
-            prof.baselines[name] = entry
-            if on_entry:
-                on_entry(name, entry)
+    specs = profile_specs(trainer.backbone.num_blocks, window=window, seeds=seeds, starts=starts, siamese=siamese,
+                          baselines=baselines)
+    results = {s.key: done[s.key] for s in specs if done and s.key in done}
+    groups: dict[str, list[RunSpec]] = {}
+    for s in specs:
+        groups.setdefault(s.group, []).append(s)
+    reported: set[str] = set()
+
+    def report_complete() -> None:
+        for label, members in groups.items():
+            if label not in reported and all(m.key in results for m in members):
+                reported.add(label)
+                if on_entry:
+                    on_entry(label, aggregate([results[m.key] for m in members]))
+
+    def finished(spec: RunSpec, result: dict) -> None:
+        results[spec.key] = result
+        if on_run:
+            on_run(spec, result)
+        report_complete()
+
+    prof = Profile(window, seeds, siamese, resumed=len(results), executor=executor.describe())
+    report_complete()
+    executor.run([s for s in specs if s.key not in results], finished)
+    missing = [s.key for s in specs if s.key not in results]
+    if missing:
+        raise RuntimeError(f"the executor returned without runs {missing}")  # a bug in the executor
+    for label, members in groups.items():
+        entry = aggregate([results[m.key] for m in members])
+        if members[0].mode == "subtune":
+            prof.entries.append(entry)
+        else:
+            prof.baselines[label] = entry
     prof.seconds = time.perf_counter() - began
     prof.cache_seconds = trainer.cache_seconds
     return prof
+
+
+def window_scorer(executor: Executor, *, seeds: list[int], siamese: bool = False,
+                  done: dict[str, dict] | None = None,
+                  on_run: Callable[[RunSpec, dict], None] | None = None) -> Callable[[list[list[int]]], list[float]]:
+    """Greedy selection's `score_many`: every candidate window x seed as one batch of runs on
+    `executor` (test split untouched), scored by mean validation accuracy. Finished runs are
+    kept in `done` (by key) and never run twice."""
+    done = {} if done is None else done
+
+    def score_many(candidates: list[list[int]]) -> list[float]:
+        specs = [RunSpec("subtune", tuple(b), s, siamese, test=False) for b in candidates for s in seeds]
+
+        def finished(spec: RunSpec, result: dict) -> None:
+            done[spec.key] = result
+            if on_run:
+                on_run(spec, result)
+
+        executor.run([s for s in specs if s.key not in done], finished)
+        return [statistics.fmean(done[RunSpec("subtune", tuple(b), s, siamese, test=False).key]["val_accuracy"]
+                                 for s in seeds) for b in candidates]
+
+    return score_many
 
 
 def profile_to_json(prof: Profile, *, context: dict) -> dict:
@@ -86,8 +227,5 @@ def profile_to_json(prof: Profile, *, context: dict) -> dict:
             "metric": "validation accuracy ('accuracy'); test_accuracy is reported, never used to choose",
             "entries": prof.entries, "baselines": prof.baselines,
             "best": {"blocks": best["blocks"], "accuracy": best["accuracy"]},
+            "executor": prof.executor, "resumed_runs": prof.resumed,
             "seconds": round(prof.seconds, 2), "cache_seconds": round(prof.cache_seconds, 2)}
-
-
-def _span(blocks: list[int]) -> str:
-    return f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else str(blocks[0])

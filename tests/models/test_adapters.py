@@ -57,7 +57,7 @@ def test_foreign_state_dict_maps_by_order():
     from subtune.formats import make_base
 
     model, _ = build_model("timm:efficientnet_lite0")
-    renamed = {f"w{i}": v for i, v in enumerate(model.state_dict().values())}
+    renamed = {f"w{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(model.state_dict().items())}
     base = make_base("timm:efficientnet_lite0", weights=renamed)
     own = model.state_dict()
     assert all(torch.equal(base.state_dict[k], own[k]) for k in own)

@@ -52,3 +52,45 @@ def test_metadata_is_canonical_json_and_idempotent():
     assert p(m).modified
     assert m.metadata_props["subtune.tasks"] == '[{"a": 2, "b": 1}]'
     assert not p(m).modified
+
+
+def _batched_graph(dim="s34"):
+    """images[dim, 4] -> Relu -> Concat with itself on axis 0 -> out[2*dim, 4]."""
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [dim, 4])
+    nodes = [helper.make_node("Relu", ["images"], ["r"], name="relu"),
+             helper.make_node("Concat", ["r", "r"], ["out"], name="cat", axis=0)]
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [f"2*{dim}" if isinstance(dim, str) else 2 * dim, 4])
+    mid = helper.make_tensor_value_info("r", TensorProto.FLOAT, [dim, 4])
+    graph = helper.make_graph(nodes, "g", [x], [y], value_info=[mid])
+    return ir.serde.deserialize_model(helper.make_model(graph))
+
+
+def test_batch_dimension_is_named_batch_everywhere():
+    from subtune.passes import NameBatchDimPass
+
+    m = _batched_graph("s34")  # the symbol the exporter chose
+    result = NameBatchDimPass()(m)
+    assert result.modified
+    shapes = {v.name: [str(d) for d in v.shape] for v in [*m.graph.inputs, *m.graph.outputs, m.graph.node(0).outputs[0]]}
+    assert shapes == {"images": ["batch", "4"], "out": ["2*batch", "4"], "r": ["batch", "4"]}
+
+
+def test_batch_naming_is_a_no_op_when_named_and_leaves_other_symbols():
+    from subtune.passes import NameBatchDimPass
+
+    m = _batched_graph("batch")
+    p = NameBatchDimPass()
+    assert not p(m).modified and "already named" in p.reason
+    m = _batched_graph("s3")
+    m.graph.outputs[0].shape = ir.Shape(["s34", 4])  # another symbol that merely starts the same
+    NameBatchDimPass()(m)
+    assert str(m.graph.outputs[0].shape[0]) == "s34" and str(m.graph.inputs[0].shape[0]) == "batch"
+
+
+def test_batch_naming_of_a_fixed_batch_says_why_not():
+    from subtune.passes import NameBatchDimPass
+
+    m = _batched_graph(3)
+    p = NameBatchDimPass()
+    assert not p(m).modified and "no symbolic first dimension" in p.reason
+    assert m.graph.inputs[0].shape[0] == 3

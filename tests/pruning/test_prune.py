@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from subtune.compiler.lower import task_blocks
+from subtune.delta.modules import task_blocks
 from subtune.errors import SubtuneError
 from subtune.formats import load_task, save_task, validate_task
-from subtune.pruning.attention import HeadAttention
+from subtune.delta.attention import HeadAttention
 from subtune.pruning.prune import block_input_shapes, prune_task
 from subtune.pruning.plan import PruneOptions
 

@@ -14,6 +14,8 @@ from subtune.commands.compile import _print_precision
     (["--precision", "int8", "--calibration", "fashion-mnist", "--min-agreement", "95"], "fractions between 0 and 1"),
     (["--precision", "int8", "--calibration", "nosuch:/data"], "expected fashion-mnist, imagefolder:DIR"),
     (["--precision", "fp16", "--calibration", "imagefolder:/nonexistent/subtune"], "/nonexistent/subtune"),
+    (["--precision", "int8", "--calibration", "fashion-mnist", "--max-fallback", "-1"], "--max-fallback -1"),
+    (["--precision", "int8", "--calibration", "fashion-mnist", "--check-size", "0"], "--check-size 0"),
 ])
 def test_bad_precision_input_is_one_line_and_leaves_no_file(tmp_path, capsys, resnet18_files, flags, message):
     out = tmp_path / "m.onnx"
@@ -34,3 +36,56 @@ def test_summary_prints_agreement_accuracy_and_the_pinned_base(capsys):
     out = capsys.readouterr().out
     assert "int8 vs the fp32 graph on fashion-mnist" in out and "98.4%" in out and "89.0% -> 87.5%" in out
     assert "max |difference| 0" in out
+
+
+def test_int8_compile_checks_on_held_out_images_and_writes_the_sensitivity_table(tmp_path):
+    """The whole path: --int8-target auto, held-out checks (Fashion-MNIST's test split), layer
+    sensitivity in the report and as a PNG, fallbacks as needed, the pinned base."""
+    import json
+    from pathlib import Path as P
+
+    if not P("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST (Debian package dataset-fashion-mnist) not installed")
+    from subtune.formats import make_base, save_base, save_task
+    from subtune.synthetic import synthetic_task
+
+    base = make_base("subtune:tiny_resnet", {"num_classes": 5}, seed=0)
+    save_base(tmp_path / "base.pt", base)
+    save_task(tmp_path / "t.pt", synthetic_task(base, "t", [3, 4], seed=1))
+    out = tmp_path / "m.onnx"
+    code = main(["compile", str(tmp_path / "base.pt"), str(tmp_path / "t.pt"), "-o", str(out),
+                 "--image-size", "32", "--precision", "int8", "--calibration", "fashion-mnist",
+                 "--calibration-size", "16", "--check-size", "40", "--min-agreement", "0.6"])
+    assert code == 0 and out.is_file()
+    report = json.loads(out.with_suffix(".report.json").read_text())["precision"]
+    assert report["scheme"]["target"] in ("cpu", "tensorrt") and report["scheme"]["target_reason"].startswith("auto")
+    ver = report["verification"]
+    assert ver["held_out"] and "test split" in ver["images"] and ver["check_images"] == 40
+    assert ver["base_output_vs_base_only"]["max_abs_difference"] == 0.0
+    layers = report["mixed"]["sensitivity"]["layers"]
+    assert len(layers) == report["mixed"]["units"] > 0
+    assert [x["max_error"] for x in layers] == sorted((x["max_error"] for x in layers), reverse=True)
+    assert report["mixed"]["fallback"]["passed"]
+    assert out.with_suffix(".sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_precision_summary_prints_the_check_the_fallbacks_and_sensitivity():
+    from subtune.quantization.plot import precision_summary
+
+    layer = {"node": "n1", "op_type": "Conv", "label": "base.stem.weight", "base_path": True, "max_error": 0.3,
+             "relative_logit_error": {"base": 0.3, "shoes": 0.2}}
+    lines = precision_summary({"precision": "int8", "scheme": {"target": "cpu", "target_reason": "auto: x86"},
+                               "mixed": {"units": 12, "sensitivity": {"layers": [layer]},
+                                         "fallback": {"layers": 1, "labels": ["base.stem.weight"], "nodes": ["n1"]}},
+                               "verification": {
+        "images": "fashion-mnist test split (64 images, seed 0)", "held_out": True,
+        "base_output_vs_base_only": {"max_abs_difference": 0.0},
+        "latency": {"runtime": "ONNX Runtime CPU", "batch_1": {"fp32_ms": 2.0, "reduced_ms": 1.5, "ratio": 0.75}},
+        "outputs": [{"output": "base", "agreement": 0.9, "confident_agreement": 0.984, "accuracy": None,
+                     "top5_overlap": 0.9, "relative_error": 0.031},
+                    {"output": "shoes", "agreement": 0.969, "accuracy": 0.875, "accuracy_fp32": 0.89,
+                     "relative_error": 0.05}]}})
+    text = "\n".join(lines)
+    assert "int8 form: cpu (auto: x86)" in text and "98.4%" in text and "89.0% -> 87.5%" in text
+    assert "max |difference| 0" in text and "layers kept in fp32: 1 of 12 quantised (base.stem.weight)" in text
+    assert "(0.75x)" in text and "base.stem.weight" in lines[-1] and lines[-1].rstrip().endswith("yes")

@@ -83,6 +83,12 @@ def test_gpu_provider_matches_cpu(affine, provider, ep):
         pytest.skip(f"{ep} not available (ONNX Runtime here offers {ort.get_available_providers()})")
     model, w, b = affine
     x = np.ones((3, 4), np.float32)
+    if provider == "tensorrt" and not _tensorrt_libraries_load():
+        # ORT lists its TensorRT provider whenever the provider library is there; without TensorRT's own
+        # libraries it would fall back to CUDA: subtune refuses that instead of timing the wrong provider.
+        with pytest.raises(SubtuneError, match="could not start .*libnvinfer"):
+            OnnxrtRunner(SessionFromOnnx(model, provider=provider)).activate()
+        return
     with OnnxrtRunner(SessionFromOnnx(model, provider=provider)) as runner:
         assert runner.describe()["execution_providers"][0] == ep
         np.testing.assert_allclose(runner.infer({"images": x})["y"], x @ w + b, rtol=1e-3, atol=1e-3)
@@ -136,3 +142,28 @@ def test_shared_thread_pool_serves_several_sessions(affine_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def _tensorrt_libraries_load() -> bool:
+    import ctypes
+
+    for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def test_a_provider_that_fell_back_is_refused(affine):
+    """What ORT does when a listed provider cannot start (seen on an H200 with onnxruntime-gpu and no
+    TensorRT): the session runs on the next provider. A real CPU session stands in for it here."""
+    from subtune.runtimes.onnxruntime import check_provider_started
+
+    session = ort.InferenceSession(affine[0], providers=["CPUExecutionProvider"])
+    check_provider_started(session, ["CPUExecutionProvider"])  # started as asked: no error
+    with pytest.raises(SubtuneError, match="lists TensorrtExecutionProvider but it could not start .*libnvinfer"):
+        check_provider_started(session, [("TensorrtExecutionProvider", {}), "CUDAExecutionProvider"])
+    with pytest.raises(SubtuneError, match="fell back to CPUExecutionProvider"):
+        check_provider_started(session, ["CUDAExecutionProvider", "CPUExecutionProvider"])

@@ -56,3 +56,42 @@ def test_batch_outside_the_profile_is_a_user_error(engine_path):
     with TrtRunner(EngineFromPath(engine_path)) as runner:
         with pytest.raises(SubtuneError, match="outside the engine's profile"):
             runner.infer({"images": np.zeros((9, 4), np.float32)})
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_compile_engine_end_to_end(tmp_path):
+    """compile -> engine -> the engine run against the verified ONNX beside it (inside compile, at
+    the verification batch sizes), then once more here at a batch size compile did not use."""
+    import subtune
+    from subtune.formats import make_base
+    from subtune.runtimes.onnxruntime import session_from_bytes
+    from subtune.synthetic import synthetic_task
+
+    base = make_base("subtune:tiny_resnet", {"num_classes": 5}, seed=0)
+    task = synthetic_task(base, "t", [3, 4], seed=1)
+    result = subtune.compile(base, [task], tmp_path / "m.plan", image_size=32, verify_batches=(1, 3),
+                             batch_range=(1, 4, 8))
+    assert result.files == [tmp_path / "m.plan", tmp_path / "m.onnx", tmp_path / "m.report.json"]
+    assert result.bytes == (tmp_path / "m.plan").stat().st_size
+    comparison = result.report["engine"]["comparison"]
+    assert {c["batch"] for c in comparison["checks"]} == {1, 3}
+    assert max(c["relative_error"] for c in comparison["checks"]) <= comparison["tolerance"]
+    x = np.random.default_rng(7).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    want = session_from_bytes(str(tmp_path / "m.onnx")).run(["base", "t"], {"images": x})
+    with TrtRunner(EngineFromPath(result.output)) as runner:
+        got = runner.infer({"images": x})
+        for name, ref in zip(["base", "t"], want):
+            assert np.abs(got[name] - ref).max() <= 1e-3 * np.abs(ref).max(), name
+
+
+def test_compile_to_an_engine_without_tensorrt_names_the_cpu_path(tmp_path):
+    if REASON is None:
+        pytest.skip("TensorRT is usable here")
+    import subtune
+    from subtune.formats import make_base
+
+    base = make_base("subtune:tiny_resnet", seed=0)
+    with pytest.raises(SubtuneError, match="use -o model.onnx for the CPU path"):
+        subtune.compile(base, [], tmp_path / "m.plan")
+    assert list(tmp_path.iterdir()) == []

@@ -77,8 +77,9 @@ def test_train_siamese_linear_and_full_modes(tmp_path, capsys, base_path, folder
     assert _run(capsys, "train", base_path, *data, "--mode", "linear", "-o", tmp_path / "lin.pt")[0] == 0
     lin = load_task(tmp_path / "lin.pt")
     base = load_base(base_path)
-    assert lin.meta["mode"] == "linear" and lin.blocks == [8] and "unchanged" in lin.meta["note"]
-    assert all(torch.equal(v, base.state_dict[f"layer4.1.{k}"]) for k, v in lin.block_state["8"].items())
+    # a tap on the base's own features (point N + 2 = 10): no blocks, so the compiled graph never forks
+    assert lin.meta["mode"] == "linear" and lin.kind == "tap" and lin.blocks == [] and lin.block_state == {}
+    assert lin.taps["points"] == [{"point": 10, "grid": None, "dim": 512}] and lin.head["weight"].shape == (3, 512)
 
     code, out, _ = _run(capsys, "train", base_path, *data, "--mode", "full", "--epochs", "1", "-o", tmp_path / "full.pt")
     assert code == 0 and "not a task delta" in out

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from subtune.delta.attention import HeadAttention
 from subtune.errors import SubtuneError
-from subtune.pruning.attention import HeadAttention
 
 PRUNED_FORMAT = "subtune.pruned/1"
 

@@ -1,0 +1,122 @@
+// subtune::Model: load a graph compiled by subtune-compile, learn its tasks from the graph's
+// own metadata, run a batch, and get each output by task name. ONNX Runtime runs the graph
+// (OpenVINO instead where built and asked for); no runtime type appears in this header, so
+// users need none of the runtimes' headers.
+//
+//   subtune::Model model("model.onnx", subtune::Options{/*threads=*/2});
+//   std::vector<float> images = ...;                      // [batch, 3, H, W], preprocessed
+//   subtune::Outputs out = model.run(images.data(), batch);
+//   const subtune::Tensor& t = out.at("fashion10");        // [batch, classes]
+//
+// Errors (a missing or foreign file, a wrong input shape, a failing run) are thrown as
+// subtune::Error with one line that says what was expected, what was found and what to do.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace subtune {
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// What a deployment must do to an image (the task file's meta["preprocess"]): resize to
+// height x width, 3 channels, scale to [0, 1], then (x - mean) / std per channel.
+struct Preprocess {
+  int height = 0;
+  int width = 0;
+  int channels = 3;
+  std::array<float, 3> mean{};
+  std::array<float, 3> std{};
+};
+
+struct TaskInfo {
+  std::string name;               // the output's name
+  std::string kind;               // "delta" (tuned blocks + head), "tap" (a head on tapped features), ...
+  int first_block = 0;            // 1-based, inclusive; 0 and 0 for a task that tunes no block
+  int last_block = 0;
+  std::vector<int> tap_points;    // a tap task's feature points; empty otherwise
+  bool siamese = false;
+  int num_classes = 0;
+  std::vector<std::string> classes;       // empty when the task records none
+  std::optional<Preprocess> preprocess;   // as the task was trained
+  std::string preprocess_problem;         // why a recorded preprocessing is unusable here, if it is
+};
+
+struct Tensor {
+  std::vector<int64_t> shape;
+  std::vector<float> data;  // row-major
+  int64_t rows() const { return shape.empty() ? 0 : shape[0]; }
+  int64_t cols() const { return shape.size() < 2 ? 1 : shape[1]; }
+  const float* row(int64_t i) const { return data.data() + i * cols(); }
+};
+
+// The graph's outputs in the graph's order ("base", then each task), found by name.
+class Outputs {
+ public:
+  std::vector<std::string> names;
+  std::vector<Tensor> tensors;
+  const Tensor& at(const std::string& name) const;  // throws subtune::Error for an unknown name
+  bool contains(const std::string& name) const;
+  size_t size() const { return names.size(); }
+};
+
+enum class Runtime {
+  onnxruntime,  // ONNX Runtime's C++ API, CPU: always built
+  openvino,     // OpenVINO (f32 inference precision), CPU: built when CMake finds its SDK
+};
+
+struct Options {
+  int threads = 0;  // intra-op threads; 0: the runtime's default (one per physical core)
+  Runtime runtime = Runtime::onnxruntime;
+};
+
+class Model {
+ public:
+  explicit Model(const std::string& path, const Options& options = {});
+  ~Model();
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const std::string& path() const;
+  const std::vector<std::string>& output_names() const;  // "base" first, then the tasks in order
+  const std::vector<TaskInfo>& tasks() const;
+  const TaskInfo* task(const std::string& name) const;   // nullptr for "base" or an unknown name
+  const std::string& arch() const;                       // subtune.arch, e.g. "torchvision:resnet50"
+  const std::string& subtune_version() const;
+  bool verified() const;  // subtune.verified: the compiler checked this graph against PyTorch
+  int input_height() const;
+  int input_width() const;
+  // The one preprocessing every task that records one agrees on; nullopt when none records
+  // any. Throws subtune::Error when tasks disagree (one graph input takes one normalisation).
+  std::optional<Preprocess> preprocess() const;
+  // Class names of an output ("base" and tasks without names: empty).
+  const std::vector<std::string>& classes(const std::string& output) const;
+
+  // Run `batch` images laid out [batch, 3, H, W] (float32, preprocessed). The data is not copied.
+  // Safe to call from several threads at once (OpenVINO serialises the calls).
+  Outputs run(const float* images, int64_t batch) const;
+  Outputs run(const Tensor& images) const;  // checks images.shape == [batch, 3, H, W]
+
+  std::string runtime() const;  // the runtime and its version, e.g. "onnxruntime 1.32.0"
+  static bool runtime_available(Runtime runtime);  // false for OpenVINO in a build without it
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The k largest entries of one row: (index, value), largest first; ties by lower index.
+std::vector<std::pair<int, float>> top_k(const float* row, int n, int k);
+
+}  // namespace subtune

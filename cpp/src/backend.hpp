@@ -1,0 +1,38 @@
+// Internal: what subtune::Model needs of a runtime, and the ONNX metadata reader the runtimes share.
+#pragma once
+
+#include <array>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "subtune/model.hpp"
+
+namespace subtune::detail {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;  // e.g. "onnxruntime 1.32.0"
+  virtual size_t input_count() const = 0;
+  virtual std::string input_name() const = 0;
+  virtual bool input_is_float32() const = 0;
+  virtual std::vector<int64_t> input_shape() const = 0;  // -1 for a dynamic dimension
+  virtual std::vector<std::string> output_names() const = 0;
+  // images [batch, 3, H, W] (read in place, not written); outputs in output_names() order.
+  virtual std::vector<Tensor> run(const float* images, const std::array<int64_t, 4>& shape) = 0;
+};
+
+// Each throws subtune::Error with one line when the file cannot be loaded.
+std::unique_ptr<Backend> make_onnxruntime_backend(const std::string& path, int threads);
+std::unique_ptr<Backend> make_openvino_backend(const std::string& path, int threads);
+bool openvino_built();
+
+// ModelProto.metadata_props of an ONNX file (key -> value), read without any runtime: the graph
+// and its weights are skipped, not parsed. Throws subtune::Error for a file that is not ONNX.
+std::map<std::string, std::string> read_onnx_metadata(const std::string& path);
+
+std::string first_line(const std::string& text);
+
+}  // namespace subtune::detail

@@ -1,0 +1,249 @@
+// subtune::Model (see include/subtune/model.hpp): the graph's metadata, checked against the graph
+// the runtime loaded, and runs through a backend (ONNX Runtime, or OpenVINO where built).
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <sys/stat.h>
+
+#include "backend.hpp"
+#include "subtune/model.hpp"
+
+namespace subtune {
+namespace detail {
+
+std::string first_line(const std::string& text) {
+  std::string line = text.substr(0, text.find('\n'));
+  return line.size() > 300 ? line.substr(0, 300) + "..." : line;
+}
+
+}  // namespace detail
+
+namespace {
+
+using json = nlohmann::json;
+
+std::string join(const std::vector<std::string>& items) {
+  std::string s;
+  for (size_t i = 0; i < items.size(); ++i) s += (i ? ", " : "") + items[i];
+  return s;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + (shape[i] < 0 ? std::string("?") : std::to_string(shape[i]));
+  return s + "]";
+}
+
+Preprocess parse_preprocess(const json& j, const std::string& where) {
+  Preprocess p;
+  auto size = j.at("image_size");
+  if (!size.is_array() || size.size() != 2) throw Error(where + ": image_size is not [H, W]");
+  p.height = size[0].get<int>();
+  p.width = size[1].get<int>();
+  p.channels = j.value("channels", 3);
+  auto mean = j.at("mean"), sd = j.at("std");
+  if (p.channels != 3 || !mean.is_array() || mean.size() != 3 || !sd.is_array() || sd.size() != 3)
+    throw Error(where + ": expected 3 channels with 3 means and 3 stds (the graph takes RGB), found " + j.dump());
+  for (int c = 0; c < 3; ++c) {
+    // Python keeps these as float64 and torch makes float32 tensors of them: round the same way.
+    p.mean[c] = static_cast<float>(mean[c].get<double>());
+    p.std[c] = static_cast<float>(sd[c].get<double>());
+    if (!(p.std[c] > 0)) throw Error(where + ": std must be positive");
+  }
+  if (p.height < 1 || p.width < 1) throw Error(where + ": image_size must be positive");
+  return p;
+}
+
+}  // namespace
+
+const Tensor& Outputs::at(const std::string& name) const {
+  for (size_t i = 0; i < names.size(); ++i)
+    if (names[i] == name) return tensors[i];
+  throw Error("no output named '" + name + "': the graph's outputs are " + join(names));
+}
+
+bool Outputs::contains(const std::string& name) const {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+struct Model::Impl {
+  std::string path;
+  std::unique_ptr<detail::Backend> backend;
+  std::vector<std::string> outputs;
+  std::vector<TaskInfo> tasks;
+  std::string arch, version;
+  bool verified = false;
+  int height = 0, width = 0;
+};
+
+Model::Model(const std::string& path, const Options& options) : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.path = path;
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) throw Error(path + ": no such file; expected a graph from subtune-compile (model.onnx)");
+  if (!S_ISREG(st.st_mode)) throw Error(path + ": not a regular file; expected a graph from subtune-compile (model.onnx)");
+  if (options.threads < 0) throw Error("threads " + std::to_string(options.threads) + ": expected 0 (default) or more");
+
+  // The runtime first: it says best what is wrong with a file that is not ONNX at all.
+  m.backend = options.runtime == Runtime::openvino ? detail::make_openvino_backend(path, options.threads)
+                                                   : detail::make_onnxruntime_backend(path, options.threads);
+  std::map<std::string, std::string> meta = detail::read_onnx_metadata(path);
+  if (!meta.count("subtune.outputs"))
+    throw Error(path + ": not a subtune graph (its ONNX metadata has no subtune.outputs); "
+                "compile one with subtune-compile base.pt task.pt ... -o model.onnx");
+  auto parse = [&](const char* key, bool required) -> json {
+    auto it = meta.find(key);
+    if (it == meta.end()) {
+      if (required)
+        throw Error(path + ": a subtune graph records " + key + " in its ONNX metadata and this one does not; "
+                    "compile it again with subtune-compile");
+      return json();
+    }
+    try {
+      return json::parse(it->second);
+    } catch (const json::exception& e) {
+      throw Error(path + ": metadata " + key + " is not valid JSON (" + e.what() + "); compile the graph again");
+    }
+  };
+  try {
+    json tasks = parse("subtune.tasks", true), size = parse("subtune.input_size", true);
+    json pre = parse("subtune.preprocess", false);
+    m.outputs = parse("subtune.outputs", true).get<std::vector<std::string>>();
+    m.arch = meta.count("subtune.arch") ? meta["subtune.arch"] : "";
+    m.version = meta.count("subtune.version") ? meta["subtune.version"] : "";
+    if (!size.is_array() || size.size() != 2) throw Error(path + ": subtune.input_size is not [H, W]");
+    m.height = size[0].get<int>();
+    m.width = size[1].get<int>();
+    json verified = parse("subtune.verified", false);
+    m.verified = verified.is_boolean() && verified.get<bool>();
+    // Keys this version does not know are ignored: newer compilers may add some.
+    for (const json& t : tasks) {
+      TaskInfo info;
+      info.name = t.at("name").get<std::string>();
+      info.kind = t.value("kind", std::string("delta"));
+      auto blocks = t.value("blocks", json::array());
+      if (!blocks.empty()) {
+        info.first_block = blocks.front().get<int>();
+        info.last_block = blocks.back().get<int>();
+      }
+      if (t.contains("tap_points") && t["tap_points"].is_array()) info.tap_points = t["tap_points"].get<std::vector<int>>();
+      info.siamese = t.value("siamese", false);
+      info.num_classes = t.value("num_classes", 0);
+      if (t.contains("classes") && t["classes"].is_array()) info.classes = t["classes"].get<std::vector<std::string>>();
+      if (pre.is_object() && pre.contains(info.name)) {
+        try {
+          info.preprocess = parse_preprocess(pre[info.name], path + ": subtune.preprocess of task " + info.name);
+        } catch (const std::exception& e) {  // the graph still runs; only preprocess() refuses
+          info.preprocess_problem = e.what();
+        }
+      }
+      m.tasks.push_back(std::move(info));
+    }
+  } catch (const json::exception& e) {
+    throw Error(path + ": subtune metadata does not have the expected layout (" + std::string(e.what()) +
+                "); compile the graph again with this subtune version");
+  }
+
+  // The graph itself must agree with its metadata.
+  const detail::Backend& b = *m.backend;
+  if (b.input_count() != 1)
+    throw Error(path + ": expected one input (images), found " + std::to_string(b.input_count()));
+  auto in_shape = b.input_shape();
+  if (!b.input_is_float32() || in_shape.size() != 4 || (in_shape[1] >= 0 && in_shape[1] != 3) ||
+      (in_shape[2] >= 0 && in_shape[2] != m.height) || (in_shape[3] >= 0 && in_shape[3] != m.width))
+    throw Error(path + ": input " + b.input_name() + " is " + shape_str(in_shape) + ", expected float32 [batch, 3, " +
+                std::to_string(m.height) + ", " + std::to_string(m.width) + "] as subtune.input_size says");
+  if (b.output_names() != m.outputs)
+    throw Error(path + ": metadata lists outputs " + join(m.outputs) + " but the graph has " + join(b.output_names()) +
+                "; the file was edited after compiling: compile it again");
+  for (const auto& t : m.tasks)
+    if (std::find(m.outputs.begin(), m.outputs.end(), t.name) == m.outputs.end())
+      throw Error(path + ": task " + t.name + " has no output of that name; compile the graph again");
+}
+
+Model::~Model() = default;
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+
+const std::string& Model::path() const { return impl_->path; }
+const std::vector<std::string>& Model::output_names() const { return impl_->outputs; }
+const std::vector<TaskInfo>& Model::tasks() const { return impl_->tasks; }
+const std::string& Model::arch() const { return impl_->arch; }
+const std::string& Model::subtune_version() const { return impl_->version; }
+bool Model::verified() const { return impl_->verified; }
+int Model::input_height() const { return impl_->height; }
+int Model::input_width() const { return impl_->width; }
+std::string Model::runtime() const { return impl_->backend->name(); }
+
+const TaskInfo* Model::task(const std::string& name) const {
+  for (const auto& t : impl_->tasks)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+const std::vector<std::string>& Model::classes(const std::string& output) const {
+  static const std::vector<std::string> none;
+  const TaskInfo* t = task(output);
+  return t ? t->classes : none;
+}
+
+std::optional<Preprocess> Model::preprocess() const {
+  std::optional<Preprocess> chosen;
+  std::string chosen_by;
+  for (const auto& t : impl_->tasks) {
+    if (!t.preprocess_problem.empty()) throw Error(t.preprocess_problem + "; preprocess the images yourself and call run()");
+    if (!t.preprocess) continue;
+    const Preprocess& p = *t.preprocess;
+    if (p.height != impl_->height || p.width != impl_->width)
+      throw Error(impl_->path + ": task " + t.name + " was trained at " + std::to_string(p.height) + "x" +
+                  std::to_string(p.width) + " but the graph takes " + std::to_string(impl_->height) + "x" +
+                  std::to_string(impl_->width) + "; preprocess the images yourself and call run()");
+    if (!chosen) {
+      chosen = p;
+      chosen_by = t.name;
+    } else if (chosen->mean != p.mean || chosen->std != p.std) {
+      throw Error(impl_->path + ": tasks " + chosen_by + " and " + t.name + " were trained with different "
+                  "normalisation, and one graph input takes one; preprocess the images yourself and call run()");
+    }
+  }
+  return chosen;
+}
+
+Outputs Model::run(const Tensor& images) const {
+  const auto& s = images.shape;
+  if (s.size() != 4 || s[1] != 3 || s[2] != impl_->height || s[3] != impl_->width)
+    throw Error("images are " + shape_str(s) + ", expected [batch, 3, " + std::to_string(impl_->height) + ", " +
+                std::to_string(impl_->width) + "] (preprocessed, 3 channels, the graph's input size)");
+  int64_t want = s[0] * s[1] * s[2] * s[3];
+  if (static_cast<int64_t>(images.data.size()) != want)
+    throw Error("images hold " + std::to_string(images.data.size()) + " values, their shape " + shape_str(s) +
+                " needs " + std::to_string(want));
+  return run(images.data.data(), s[0]);
+}
+
+Outputs Model::run(const float* images, int64_t batch) const {
+  if (batch < 1) throw Error("batch " + std::to_string(batch) + ": expected at least one image");
+  if (!images) throw Error("images: null pointer");
+  Outputs result;
+  result.tensors = impl_->backend->run(images, {batch, 3, impl_->height, impl_->width});
+  result.names = impl_->outputs;
+  return result;
+}
+
+bool Model::runtime_available(Runtime runtime) {
+  return runtime == Runtime::onnxruntime || detail::openvino_built();
+}
+
+std::vector<std::pair<int, float>> top_k(const float* row, int n, int k) {
+  std::vector<std::pair<int, float>> all;
+  all.reserve(n);
+  for (int i = 0; i < n; ++i) all.emplace_back(i, row[i]);
+  k = std::max(0, std::min(k, n));
+  std::partial_sort(all.begin(), all.begin() + k, all.end(), [](const auto& a, const auto& b) {
+    return a.second > b.second || (a.second == b.second && a.first < b.first);
+  });
+  all.resize(k);
+  return all;
+}
+
+}  // namespace subtune

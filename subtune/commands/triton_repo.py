@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("graph", help="a compiled model.onnx, or engine.plan (with the engine.onnx it was built from beside it)")
+    p.add_argument("-o", "--output", required=True, help="the repository folder to write (must not exist unless --force)")
+    p.add_argument("--name", help="the graph's model name (default: the file's stem)")
+    p.add_argument("--backend", choices=["python", "onnxruntime", "tensorrt"],
+                   help="python: ONNX Runtime in Triton's python backend, what loads with the tritonserver from PyPI "
+                        "(default for .onnx); onnxruntime / tensorrt: platform onnxruntime_onnx / tensorrt_plan, "
+                        "for NVIDIA's Triton containers (default tensorrt for an engine)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="largest batch Triton forms or accepts (default 8)")
+    p.add_argument("--instances", type=int, default=1, help="model instances (default 1)")
+    p.add_argument("--device", choices=["cpu", "gpu"], help="instance kind (default: gpu for tensorrt, else cpu)")
+    p.add_argument("--no-dynamic-batching", action="store_true", help="run each request as it comes")
+    p.add_argument("--queue-delay-us", type=int, default=200,
+                   help="dynamic batching: longest wait to fill a batch, microseconds (default 200)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="python/onnxruntime backends: ONNX Runtime intra-op threads per instance (default: cores / instances)")
+    p.add_argument("--preprocess", action="store_true",
+                   help="add a preprocessing model (encoded image bytes -> resize and normalise as the tasks were "
+                        "trained) and an ensemble NAME_ensemble that chains it to the graph")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from subtune.serving.repository import RepoOptions, write_repository
+
+    opts = RepoOptions(name=args.name, backend=args.backend, max_batch_size=args.max_batch_size,
+                       instances=args.instances, device=args.device, dynamic_batching=not args.no_dynamic_batching,
+                       queue_delay_us=args.queue_delay_us, preprocess=args.preprocess, ort_threads=args.threads)
+    repo = write_repository(args.graph, args.output, opts, overwrite=args.force)
+    if args.json:
+        print(json.dumps(repo.describe(), indent=2))
+        return 0
+    print(f"wrote {repo.path}: models {', '.join(repo.models)} ({repo.backend} backend); "
+          f"outputs {', '.join(repo.outputs)}"
+          + (f"; class labels for {', '.join(repo.labels)}" if repo.labels else ""))
+    if repo.ensemble:
+        print(f"clients send encoded images to {repo.ensemble} (input image_bytes, BYTES [batch, 1]); "
+              f"tensors to {repo.graph_model} (input images)")
+    if repo.backend == "python":
+        print(f"serve it here: subtune serve {repo.path}")
+    else:
+        print(f"the {repo.backend} backend loads in NVIDIA's Triton containers (tritonserver --model-repository "
+              f"{repo.path}); here, serve the python backend: subtune triton-repo {args.graph} --backend python -o REPO")
+    return 0

@@ -1,0 +1,6 @@
+"""Task deltas as PyTorch modules (sits beside subtune.formats, below everything that runs a task).
+
+    modules    a task's tuned blocks, head and taps as modules
+    pruned     the contract for pruned blocks: rebuild a block at its pruned size from the task file
+    attention  multi-head attention with a prunable number of heads (what pruned ViT blocks hold)
+"""

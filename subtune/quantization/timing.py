@@ -1,0 +1,62 @@
+"""A quick latency check of a reduced graph against its fp32 graph on ONNX Runtime CPU.
+
+Not a benchmark (bench/int8_accuracy.py and bench/quantized_latency.py are): a few interleaved
+rounds at batch 1 and 8, enough to say whether the reduced graph is faster on this host, recorded
+in the compile report with the host's CPU flags. Timed as deployed: QDQ fusion on.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+BATCHES = (1, 8)
+ROUNDS, RUNS = 5, 3
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def _session(model: bytes, threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def latency_ratios(fp32: bytes, reduced: bytes, images: np.ndarray, *, emulate_qdq: bool = False,
+                   threads: int | None = None, batches=BATCHES, rounds: int = ROUNDS, runs: int = RUNS) -> dict:
+    """{"batch_B": {"fp32_ms", "reduced_ms", "ratio"}} from interleaved rounds (medians)."""
+    del emulate_qdq  # timed as deployed, whatever arithmetic the check emulates
+    sessions = {"fp32": _session(fp32, threads), "reduced": _session(reduced, threads)}
+    out = {"runtime": "ONNX Runtime CPU", "threads": threads or "default", "cpu_flags": cpu_flags(),
+           "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    for batch in batches:
+        x = np.resize(images, (batch, *images.shape[1:])).astype(np.float32)
+        times = {k: [] for k in sessions}
+        for s in sessions.values():  # warm-up
+            s.run(None, {"images": x})
+        for _ in range(rounds):
+            for name, s in sessions.items():
+                start = time.perf_counter()
+                for _ in range(runs):
+                    s.run(None, {"images": x})
+                times[name].append((time.perf_counter() - start) / runs * 1e3)
+        f, r = statistics.median(times["fp32"]), statistics.median(times["reduced"])
+        out[f"batch_{batch}"] = {"fp32_ms": round(f, 3), "reduced_ms": round(r, 3), "ratio": round(r / f, 3)}
+    return out

@@ -1,0 +1,236 @@
+"""A Triton model repository for a compiled graph (`subtune triton-repo`).
+
+    REPO/NAME/config.pbtxt            the graph: input `images`, every output (`base`, then the
+                                      tasks) with dims, max_batch_size, dynamic batching, instance
+                                      groups, the subtune metadata under `parameters`
+    REPO/NAME/labels_<task>.txt       one class name a line: Triton's classification extension
+    REPO/NAME/1/model.onnx|model.plan|model.py (+ model.onnx for the python backend)
+    with --preprocess:
+    REPO/NAME_preprocess/             python backend: encoded image bytes -> `images`
+    REPO/NAME_ensemble/               ensemble: image bytes -> preprocess -> NAME -> outputs
+
+Backends: `python` (ONNX Runtime inside Triton's python backend: what loads with the tritonserver
+that installs from PyPI, CPU), `onnxruntime` (platform onnxruntime_onnx) and `tensorrt`
+(platform tensorrt_plan), which need NVIDIA's Triton containers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from subtune.errors import SubtuneError
+from subtune.serving.graph import GraphInfo, read_graph
+from subtune.serving.pbtxt import Enum, dumps
+
+BACKENDS = ("python", "onnxruntime", "tensorrt")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+IMAGE_BYTES = "image_bytes"
+
+
+@dataclass
+class RepoOptions:
+    name: str | None = None  # default: the graph file's stem
+    backend: str | None = None  # default: python for .onnx, tensorrt for an engine
+    max_batch_size: int = 8
+    instances: int = 1
+    device: str | None = None  # cpu | gpu; default: gpu for tensorrt, cpu otherwise
+    dynamic_batching: bool = True
+    queue_delay_us: int = 200
+    preprocess: bool = False
+    ort_threads: int = 0  # python backend: ONNX Runtime intra-op threads; 0: cores / instances
+
+    def resolved(self, graph: GraphInfo) -> "RepoOptions":
+        backend = self.backend or ("tensorrt" if graph.is_engine else "python")
+        if backend not in BACKENDS:
+            raise SubtuneError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend == "tensorrt" and not graph.is_engine:
+            raise SubtuneError(f"--backend tensorrt serves a TensorRT engine, found {graph.path}; build one with "
+                               "`subtune-compile ... -o engine.plan` (needs a GPU), or use --backend onnxruntime|python")
+        if backend == "onnxruntime" and graph.is_engine:
+            raise SubtuneError(f"--backend onnxruntime serves the ONNX graph, found the engine {graph.path}; "
+                               f"pass {graph.onnx_path} instead, or use --backend tensorrt")
+        name = self.name or re.sub(r"[^A-Za-z0-9_.-]", "_", graph.path.stem)
+        if not _NAME.match(name):
+            raise SubtuneError(f"model name {name!r}: expected letters, digits, '_', '.', '-' (pass --name)")
+        if not 1 <= self.max_batch_size <= 1 << 16:
+            raise SubtuneError(f"--max-batch-size {self.max_batch_size}: expected 1 to 65536")
+        if not 1 <= self.instances <= 64:
+            raise SubtuneError(f"--instances {self.instances}: expected 1 to 64")
+        device = self.device or ("gpu" if backend == "tensorrt" else "cpu")
+        if device not in ("cpu", "gpu"):
+            raise SubtuneError(f"device {device!r}: expected cpu or gpu")
+        if backend == "python" and device == "gpu":
+            raise SubtuneError("the python backend's model runs ONNX Runtime on CPU: --device gpu is for "
+                               "--backend onnxruntime or tensorrt (NVIDIA's Triton containers)")
+        if backend == "tensorrt" and device == "cpu":
+            raise SubtuneError("a TensorRT engine runs on a GPU only: drop --device cpu")
+        if self.queue_delay_us < 0:
+            raise SubtuneError(f"queue delay {self.queue_delay_us} us: expected 0 or more")
+        return RepoOptions(name, backend, self.max_batch_size, self.instances, device, self.dynamic_batching,
+                           self.queue_delay_us, self.preprocess, self.ort_threads)
+
+
+@dataclass
+class Repository:
+    path: Path
+    models: list[str]  # in the order clients would use them: the graph, then preprocess and ensemble
+    graph_model: str
+    ensemble: str | None
+    backend: str
+    outputs: list[str]
+    labels: dict[str, str] = field(default_factory=dict)  # output -> label file name
+
+    def describe(self) -> dict:
+        return {"repository": str(self.path), "models": self.models, "graph_model": self.graph_model,
+                "ensemble": self.ensemble, "backend": self.backend, "outputs": self.outputs, "labels": self.labels}
+
+
+def _preferred_sizes(max_batch: int) -> list[int]:
+    sizes, b = [], 2
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return sizes + [max_batch] if max_batch > 1 else []
+
+
+def _param(key: str, value: str) -> dict:
+    return {"key": key, "value": {"string_value": value}}
+
+
+def graph_config(graph: GraphInfo, opts: RepoOptions) -> tuple[dict, dict[str, list[str]]]:
+    """config.pbtxt as a dict, and the label files (file name -> class names)."""
+    if len(graph.inputs) != 1:
+        raise SubtuneError(f"{graph.onnx_path}: expected one input (images), found {[i.name for i in graph.inputs]}")
+    config: dict = {"name": opts.name}
+    if opts.backend == "python":
+        config["backend"] = "python"
+    else:
+        config["platform"] = "onnxruntime_onnx" if opts.backend == "onnxruntime" else "tensorrt_plan"
+    config["max_batch_size"] = opts.max_batch_size
+    config["input"] = [{"name": t.name, "data_type": Enum(f"TYPE_{t.dtype}"), "dims": t.dims} for t in graph.inputs]
+    outputs, labels = [], {}
+    for t in graph.outputs:
+        out = {"name": t.name, "data_type": Enum(f"TYPE_{t.dtype}"), "dims": t.dims}
+        classes = graph.classes(t.name)
+        if classes and len(t.dims) == 1 and t.dims[0] in (-1, len(classes)):
+            out["label_filename"] = f"labels_{t.name}.txt"
+            labels[out["label_filename"]] = classes
+        outputs.append(out)
+    config["output"] = outputs
+    if opts.dynamic_batching and opts.max_batch_size > 1:
+        config["dynamic_batching"] = {"preferred_batch_size": _preferred_sizes(opts.max_batch_size),
+                                      "max_queue_delay_microseconds": opts.queue_delay_us}
+    config["instance_group"] = [{"count": opts.instances, "kind": Enum(f"KIND_{opts.device.upper()}")}]
+    params = [_param(k, v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+              for k, v in sorted(graph.metadata.items())]
+    if opts.backend == "python":
+        params += [_param("graph_file", "model.onnx"), _param("ort_intra_op_threads", str(opts.ort_threads)),
+                   _param("ort_allow_spinning", "0")]
+    config["parameters"] = params
+    if opts.backend == "onnxruntime":
+        # ONNX Runtime's CPU threads (Triton's onnxruntime backend parameters)
+        config["parameters"] += [_param("intra_op_thread_count", str(opts.ort_threads)),
+                                 _param("inter_op_thread_count", "1")]
+    return config, labels
+
+
+def preprocess_config(graph: GraphInfo, opts: RepoOptions, pre: dict) -> dict:
+    image = graph.inputs[0]
+    config = {"name": f"{opts.name}_preprocess", "backend": "python", "max_batch_size": opts.max_batch_size,
+              "input": [{"name": IMAGE_BYTES, "data_type": Enum("TYPE_STRING"), "dims": [1]}],
+              "output": [{"name": image.name, "data_type": Enum("TYPE_FP32"), "dims": [3, *pre["image_size"]]}],
+              "instance_group": [{"count": opts.instances, "kind": Enum("KIND_CPU")}],
+              "parameters": [_param("preprocess", json.dumps(pre, sort_keys=True))]}
+    if opts.dynamic_batching and opts.max_batch_size > 1:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": opts.queue_delay_us}
+    return config
+
+
+def ensemble_config(graph: GraphInfo, opts: RepoOptions, graph_cfg: dict) -> dict:
+    image = graph.inputs[0].name
+    pre_name = f"{opts.name}_preprocess"
+    outputs = [{k: v for k, v in o.items()} for o in graph_cfg["output"]]
+    return {
+        "name": f"{opts.name}_ensemble", "platform": "ensemble", "max_batch_size": opts.max_batch_size,
+        "input": [{"name": IMAGE_BYTES, "data_type": Enum("TYPE_STRING"), "dims": [1]}],
+        "output": outputs,
+        "ensemble_scheduling": {"step": [
+            {"model_name": pre_name, "model_version": -1,
+             "input_map": [{"key": IMAGE_BYTES, "value": IMAGE_BYTES}],
+             "output_map": [{"key": image, "value": "preprocessed_images"}]},
+            {"model_name": opts.name, "model_version": -1,
+             "input_map": [{"key": image, "value": "preprocessed_images"}],
+             "output_map": [{"key": o["name"], "value": o["name"]} for o in outputs]},
+        ]},
+    }
+
+
+def write_repository(graph_path: str | Path, out: str | Path, opts: RepoOptions | None = None, *,
+                     overwrite: bool = False) -> Repository:
+    """Write the repository to a temporary folder beside `out`, then rename it into place: a
+    failure leaves nothing behind. An existing `out` is an error unless `overwrite`."""
+    graph = read_graph(graph_path)
+    opts = (opts or RepoOptions()).resolved(graph)
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise SubtuneError(f"cannot write {out}: folder {parent} does not exist; create it or choose another -o")
+    if out.exists() and not out.is_dir():
+        raise SubtuneError(f"{out} is a file: expected a folder for the repository; choose another -o")
+    if out.exists() and not overwrite:
+        raise SubtuneError(f"{out} exists; choose another -o or pass --force to replace it")
+    pre = graph.preprocess() if opts.preprocess else None
+    if opts.preprocess and graph.inputs[0].dims[1:] not in ([-1, -1], list(pre["image_size"])):
+        raise SubtuneError(f"{graph.onnx_path}: input dims {graph.inputs[0].dims} do not match the recorded "
+                           f"preprocessing size {pre['image_size']}; compile the graph again")
+    cfg, labels = graph_config(graph, opts)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    except OSError as e:
+        raise SubtuneError(f"cannot write {out}: {e.strerror}; choose another -o") from e
+    try:
+        models = [opts.name]
+        _write_model(tmp / opts.name, cfg, labels)
+        version = tmp / opts.name / "1"
+        if opts.backend == "tensorrt":
+            shutil.copyfile(graph.path, version / "model.plan")
+        else:
+            shutil.copyfile(graph.onnx_path, version / "model.onnx")
+            for name in graph.external_data:  # weights over 2 GiB: the .data file, under the name the graph records
+                (version / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(graph.onnx_path.parent / name, version / name)
+        if opts.backend == "python":
+            from subtune.serving.models import GRAPH_MODEL
+
+            shutil.copyfile(GRAPH_MODEL, version / "model.py")
+        ensemble = None
+        if pre is not None:
+            from subtune.serving.models import PREPROCESS_MODEL
+
+            pcfg = preprocess_config(graph, opts, pre)
+            _write_model(tmp / pcfg["name"], pcfg, {})
+            shutil.copyfile(PREPROCESS_MODEL, tmp / pcfg["name"] / "1" / "model.py")
+            ecfg = ensemble_config(graph, opts, cfg)
+            _write_model(tmp / ecfg["name"], ecfg, labels)
+            ensemble = ecfg["name"]
+            models += [pcfg["name"], ensemble]
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Repository(out, models, opts.name, ensemble, opts.backend, [o.name for o in graph.outputs],
+                      {o["name"]: o["label_filename"] for o in cfg["output"] if "label_filename" in o})
+
+
+def _write_model(folder: Path, config: dict, labels: dict[str, list[str]]) -> None:
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(dumps(config))
+    for filename, classes in labels.items():
+        (folder / filename).write_text("".join(" ".join(str(c).splitlines()) + "\n" for c in classes))

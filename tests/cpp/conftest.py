@@ -1,0 +1,105 @@
+"""The C++ library and CLI (cpp/), built once per session, and a small compiled graph to run.
+
+The build goes to build/cpp-tests/ in the checkout (gitignored; incremental across runs) and
+provisions its SDK with cpp/get_sdk.sh into ~/.cache/subtune/cpp-sdk (or $SUBTUNE_SDK_DIR):
+the first run downloads two small Debian packages, later runs are offline. Without a C++
+compiler or CMake the tests skip with that reason; any other build failure fails them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "build" / "cpp-tests"
+BUILD_TIMEOUT_S = 600
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+COARSE = ["tops", "bottoms", "footwear", "bags"]
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+SIZE = (32, 32)
+
+
+@dataclasses.dataclass
+class CppBuild:
+    infer: Path
+    model_test: Path
+    example: Path
+    env: dict
+    runtimes: list[str]  # what this build runs: onnxruntime, and openvino where CMake found it
+
+    def require(self, runtime: str) -> None:
+        if runtime not in self.runtimes:
+            pytest.skip(f"this C++ build has no {runtime} runtime (pip install openvino and rebuild to add it)")
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") if os.environ.get("CXX") and shutil.which(os.environ["CXX"]) else \
+        shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+@pytest.fixture(scope="session")
+def cpp_build() -> CppBuild:
+    cxx = _compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler (c++, g++ or clang++) on PATH: the C++ build cannot run here")
+    if shutil.which("cmake") is None:
+        pytest.skip("no cmake on PATH: the C++ build cannot run here (apt-get install cmake)")
+    env = dict(os.environ, CXX=cxx)
+    generator = ["-G", "Ninja"] if shutil.which("ninja") and not (BUILD / "Makefile").exists() else []
+    steps = [["cmake", "-S", str(ROOT / "cpp"), "-B", str(BUILD), "-DCMAKE_BUILD_TYPE=Release", *generator],
+             ["cmake", "--build", str(BUILD), "-j", "2"]]
+    for cmd in steps:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT_S)
+        if r.returncode != 0:
+            pytest.fail(f"C++ build step failed: {' '.join(cmd)}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+    model_test = BUILD / "subtune-model-test"
+    runtimes = subprocess.run([str(model_test), "runtimes"], capture_output=True, text=True, timeout=60).stdout.split()
+    return CppBuild(BUILD / "subtune-infer", model_test, BUILD / "subtune-example-classify", env, runtimes)
+
+
+@pytest.fixture(scope="session")
+def cpp_graph(tmp_path_factory) -> Path:
+    """tiny_resnet base + two tasks with class names and preprocessing (one overlapping the other),
+    compiled to one graph: what a C++ service would be handed."""
+    from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
+    from subtune.compiler.plan import Plan
+    from subtune.formats import make_base
+    from subtune.synthetic import synthetic_task
+
+    base = make_base("subtune:tiny_resnet", seed=0)
+    _, bb = base.build()
+    pre = {"image_size": list(SIZE), "mean": MEAN, "std": STD, "channels": 3}
+    tasks = []
+    for seed, (name, blocks, classes) in enumerate([("fashion10", [5, 6], FASHION), ("coarse4", [6, 7], COARSE)], 1):
+        t = synthetic_task(base, name, blocks, num_classes=len(classes), seed=seed, backbone=bb)
+        tasks.append(dataclasses.replace(t, classes=list(classes), meta={**t.meta, "preprocess": pre}))
+    plan = compile_plan(Plan(base, tasks, input_size=SIZE), CompileOptions(verify=False, check_tensorrt=False))
+    path = tmp_path_factory.mktemp("cpp_graph") / "model.onnx"
+    path.write_bytes(serialize(plan))
+    return path
+
+
+@pytest.fixture(scope="session")
+def python_session(cpp_graph):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(cpp_graph), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def graph_metadata(path: Path) -> dict:
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    as_json = {"subtune.outputs", "subtune.tasks", "subtune.input_size", "subtune.preprocess", "subtune.verified"}
+    return {k: json.loads(v) if k in as_json else v for k, v in props.items() if k.startswith("subtune.")}
