@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +32,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from subtune.host import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,14 +102,6 @@ def python_block(session, x: np.ndarray, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         session.run(None, feed)
     return statistics.median(_timed_block(lambda: session.run(None, feed), iters))
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    return sorted(set(re.findall(r"\b(avx2|avx512f|avx512_vnni|avx512_bf16|amx_tile)\b", text)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ import time  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_cache_speedup import labelled_splits, pretrained_base  # noqa: E402
 from subtune.atomic import atomic_path, write_text  # noqa: E402
+from subtune.host import cpu_flags  # noqa: E402
 
 ARCH = "timm:efficientnet_lite0"
 METHODS = ["linear", "head2toe", "subtune", "subtune_lora", "lora_all", "surgical", "full"]
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                "cpu_seconds": round(time.process_time() - cpu_began, 1),
                "cache_seconds": round(trainer.cache_seconds, 1),
                "machine": machine,
-               "cpu_flags": _cpu_flags(),
+               "cpu_flags": cpu_flags(),
                "protocol": {"arch": ARCH, "image_size": args.image_size, "train": len(train), "val": len(val),
                             "test": len(test), "seeds": seeds, "training": config.to_meta(),
                             "timing": {"warmup": args.warmup, "iters": args.iters, "repeats": args.repeats},
@@ -144,7 +145,7 @@ def retime(args) -> int:
     if missing:
         raise SystemExit(f"--retime needs the task files of the run in {args.out}/tasks; missing {missing}")
     results["latency"] = measure_latency(pretrained_base(ARCH), trained, args)
-    results["machine"], results["cpu_flags"] = machine, _cpu_flags()
+    results["machine"], results["cpu_flags"] = machine, cpu_flags()
     results["protocol"]["timing"] = {"warmup": args.warmup, "iters": args.iters, "repeats": args.repeats}
     results["protocol"]["retimed"] = "python " + " ".join(sys.argv)
     _write(args.out, results)
@@ -342,15 +343,6 @@ def write_bytes(path: str, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return []
-    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni"})
 
 
 # ---------------------------------------------------------------------- output

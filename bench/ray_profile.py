@@ -32,6 +32,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from subtune.atomic import write_text  # noqa: E402
+from subtune.host import cpu_flags  # noqa: E402
 
 TIMING = ("seconds", "eval_seconds")
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
            "ray_init_seconds": round(init_seconds, 2), "worker_warm_up_seconds": round(warm_seconds, 2),
            "speedup_ray_shared_vs_serial": round(serial / shared, 2),
            "saving_shared_vs_recompute": round(1 - shared / recompute, 3),
-           "machine": {**machine_info(threads=args.threads), "cpu_flags": _cpu_flags(), "uptime": _uptime(),
+           "machine": {**machine_info(threads=args.threads), "cpu_flags": cpu_flags(), "uptime": _uptime(),
                        "ray": ray.__version__}}
     table = format_table(out)
     print(table)
@@ -159,15 +160,6 @@ def _remote_warm_up():
 def _numbers(prof) -> list:
     rows = prof.entries + [prof.baselines[k] for k in sorted(prof.baselines)]
     return [[{k: v for k, v in r.items() if k not in TIMING} for r in row["runs"]] for row in rows]
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return []
-    return sorted(flags & {"avx2", "avx512f", "avx512_vnni"})
 
 
 def _uptime() -> str:

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from subtune.host import cpu_flags
+
 MAX_REQUESTS_PER_CELL = 200_000
 BACKOFF_S = 0.02  # after a failed request, so a down server is not hammered in a tight loop
 
@@ -513,14 +515,6 @@ def fault_run(server, opts, repo: Path, outputs, size, args):
     fault["within_timeout"] = (r["hung_threads"] == 0 and r["max_ms_all"] is not None
                                and r["max_ms_all"] <= args.timeout * 1e3 + 500)
     return server_box[0], fault
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    return sorted({f for f in ("avx2", "avx512f", "avx512_vnni") if f" {f} " in text or text.endswith(f" {f}")})
 
 
 def fmt(v) -> str:

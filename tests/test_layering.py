@@ -1,7 +1,7 @@
 """The package's layering, checked on every import statement (module level or inside a function;
 `if TYPE_CHECKING:` imports are for annotations only and are not counted):
 
-    errors, atomic, progress                                  the ground: no subtune imports above it
+    errors, atomic, progress, host                            the ground: no subtune imports above it
     formats, models, delta, weights, synthetic, inspection    files, architectures, a task as modules
     passes, runtimes                                          ONNX passes; loaders and runners
     training  <  pruning, quantization  <  compiler           training first; the compiler orchestrates
@@ -20,7 +20,7 @@ from pathlib import Path
 import subtune
 
 LAYERS = [
-    {"errors", "atomic", "progress"},
+    {"errors", "atomic", "progress", "host"},
     {"formats", "models", "delta", "weights", "synthetic", "inspection"},
     {"passes", "runtimes"},
     {"training"},

@@ -8,6 +8,8 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 
+from subtune.host import cpu_flags
+
 LIBRARIES = ("subtune", "torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "tensorrt",
              "polygraphy")
 
@@ -36,6 +38,7 @@ def machine_info(threads: int | None = None) -> dict:
     info = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "cpu_flags": cpu_flags(),  # which kernels ONNX Runtime runs (AVX2, AVX-512, VNNI, AMX)
         "usable_cores": usable_cores(),
         "memory_gib": _memory_gib(),
         "os": platform.platform(),

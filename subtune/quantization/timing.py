@@ -13,37 +13,19 @@ import time
 
 import numpy as np
 
+from subtune.host import cpu_flags
+from subtune.runtimes.onnxruntime import session_from_bytes
+
 BATCHES = (1, 8)
 ROUNDS, RUNS = 5, 3
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-def _session(model: bytes, threads: int | None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def latency_ratios(fp32: bytes, reduced: bytes, images: np.ndarray, *, emulate_qdq: bool = False,
                    threads: int | None = None, batches=BATCHES, rounds: int = ROUNDS, runs: int = RUNS) -> dict:
     """{"batch_B": {"fp32_ms", "reduced_ms", "ratio"}} from interleaved rounds (medians)."""
     del emulate_qdq  # timed as deployed, whatever arithmetic the check emulates
-    sessions = {"fp32": _session(fp32, threads), "reduced": _session(reduced, threads)}
+    sessions = {"fp32": session_from_bytes(fp32, threads=threads),
+                "reduced": session_from_bytes(reduced, threads=threads)}
     out = {"runtime": "ONNX Runtime CPU", "threads": threads or "default", "cpu_flags": cpu_flags(),
            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     for batch in batches:
