@@ -46,19 +46,6 @@ class TapBranch(nn.Module):
         self.taps = TapHead(task)
 
 
-class BaseChunk(nn.Module):
-    """The base's chunk (chunk 0) of the shared stream, for taps: a view, nothing is copied."""
-
-    def __init__(self, chunks: int):
-        super().__init__()
-        self.chunks = chunks
-
-    def forward(self, shared: torch.Tensor) -> torch.Tensor:
-        if self.chunks == 1:
-            return shared
-        return shared.view((self.chunks, -1) + tuple(shared.shape[1:]))[0]
-
-
 class ForkStream(nn.Module):
     """Take the base chunk (chunk 0 of `chunks`) of the shared stream."""
 
@@ -71,6 +58,11 @@ class ForkStream(nn.Module):
             return shared
         # Reshape to [chunks, batch, ...] and pick 0: no batch size is baked into the graph.
         return shared.view((self.chunks, -1) + tuple(shared.shape[1:]))[0]
+
+
+class BaseChunk(ForkStream):
+    """The base's chunk of the shared stream, for taps: the same view as a fork's, under a name of
+    its own so the exported nodes say which they are."""
 
 
 class MergeStreams(nn.Module):
