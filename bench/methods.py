@@ -24,6 +24,9 @@ latency each adds is measured on ONNX Runtime CPU, interleaved (subtune/bench/ha
 each --batch: alone (base + that task, minus the base alone) and in the graph (the whole graph
 minus the graph without that task). Full finetuning adds a whole model's run (its own ONNX).
 
+Resumable: each finished training run is written to OUT/runs/<key>.json as it ends (with a digest
+of the settings); rerunning the same command reuses those and trains only what is missing.
+
 Writes OUT/results.json, OUT/table.md, OUT/tradeoff.png (accuracy against added latency alone,
 from the fastest call of each variant, which other load on a shared machine disturbs least; with
 the Pareto front), OUT/tasks/*.pt and OUT/graphs/*.onnx (reused by --retime).
@@ -166,8 +169,18 @@ def train_all(trainer, args, methods: list[str], seeds: list[int]) -> dict:
     budgets = parse_budgets(args.feature_budget)
     out: dict[str, dict] = {}
     notes: dict[str, dict] = {}
+    done = FinishedRuns(os.path.join(args.out, "runs"), _settings(trainer, args))
+    if done.count():
+        print(f"  resuming: {done.count()} finished run(s) in {done.folder} are reused", flush=True)
 
     def run(method: str, seed: int, blocks: list[int] | None = None):
+        key = f"{method}-{_blocks_key(blocks)}-seed{seed}"
+        task = os.path.join(args.out, "tasks", f"{method}.pt")
+        kept = done.get(key)
+        if kept is not None and (seed != seeds[0] or os.path.isfile(task)):
+            print(f"  {method:12} seed {seed}: val {kept['val_accuracy']:.4f} test {kept['test_accuracy']:.4f} "
+                  f"(finished earlier: {done.folder}/{key}.json)", flush=True)
+            return kept
         r = {"linear": lambda: trainer.linear(seed=seed),
              "head2toe": lambda: trainer.head2toe(budgets=budgets, seed=seed),
              "subtune": lambda: trainer.subtune(blocks, seed=seed),
@@ -177,26 +190,23 @@ def train_all(trainer, args, methods: list[str], seeds: list[int]) -> dict:
              "full": lambda: trainer.full(seed=seed)}[method]()
         print(f"  {method:12} seed {seed}: val {r.val_accuracy:.4f} test {r.test_accuracy:.4f} "
               f"({r.params:,} params, {r.seconds:.0f} s)", flush=True)
-        return r
+        if seed == seeds[0]:  # the first seed's model is the one deployed and timed: written before the run counts
+            meta = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy, "params": r.params,
+                    "seconds": round(r.seconds, 2), "preprocess": trainer.data["train"].preprocess(),
+                    "training": {**trainer.config.to_meta(), "seed": seed}}
+            write_result(task, trainer.base, r, name=method, classes=trainer.classes, meta=meta)
+        summary = r.summary()
+        done.put(key, summary)
+        return summary
 
     def collect(method: str, blocks: list[int] | None = None, extra: dict | None = None) -> None:
-        runs = []
-        for i, seed in enumerate(seeds):
-            r = run(method, seed, blocks)
-            if i == 0:  # the first seed's model is the one deployed and timed
-                path = os.path.join(args.out, "tasks", f"{method}.pt")
-                meta = {"val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy, "params": r.params,
-                        "seconds": round(r.seconds, 2), "preprocess": trainer.data["train"].preprocess(),
-                        "training": {**trainer.config.to_meta(), "seed": seed}}
-                write_result(path, trainer.base, r, name=method, classes=trainer.classes, meta=meta)
-                out.setdefault(method, {})["task"] = path
-            r.net = None
-            runs.append(r)
+        runs = [run(method, seed, blocks) for seed in seeds]
+        out.setdefault(method, {})["task"] = os.path.join(args.out, "tasks", f"{method}.pt")
         e = aggregate(runs)
         e.update(blocks=[blocks[0], blocks[-1]] if blocks else ([1, bb.num_blocks] if method in ("lora_all", "full")
                                                                  else []), **(extra or {}))
-        if runs[0].method:
-            e["method"] = {k: v for k, v in runs[0].method.items() if k not in ("importance", "targets")}
+        if runs[0].get("method"):
+            e["method"] = runs[0]["method"]
         out[method]["summary"] = e
 
     for m in ("linear", "head2toe"):
@@ -228,14 +238,16 @@ def _greedy(trainer, args, seeds):
 
     scores: dict[tuple, float] = {}
 
+    done = FinishedRuns(os.path.join(args.out, "runs"), _settings(trainer, args))
+
     def score(blocks: list[int]) -> float:
         key = tuple(blocks)
         if key not in scores:
-            scores[key] = statistics.fmean(trainer.subtune(blocks, seed=s, test=False).val_accuracy for s in seeds)
+            scores[key] = statistics.fmean(_val_run(done, trainer, "subtune", blocks, s) for s in seeds)
             print(f"  greedy: blocks {blocks[0]}-{blocks[-1]} val {scores[key]:.4f}", flush=True)
         return scores[key]
 
-    start = statistics.fmean(trainer.linear(seed=s, test=False).val_accuracy for s in seeds)
+    start = statistics.fmean(_val_run(done, trainer, "linear", None, s) for s in seeds)
     path = greedy_select(score, trainer.backbone.num_blocks, epsilon=args.epsilon, max_blocks=args.max_blocks,
                          start_score=start)
     return path.selected, {"blocks": path.selected, "how": "greedy on mean validation accuracy", "path": path.to_json()}
@@ -247,10 +259,65 @@ def _best_stage(trainer, args, seeds):
         if args.surgical_stage not in stages:
             raise SystemExit(f"--surgical-stage {args.surgical_stage!r}: expected one of {', '.join(stages)}")
         return args.surgical_stage, {"how": "given with --surgical-stage (no search in this run)"}
-    val = {name: statistics.fmean(trainer.subtune(blocks, seed=s, test=False).val_accuracy for s in seeds)
+    done = FinishedRuns(os.path.join(args.out, "runs"), _settings(trainer, args))
+    val = {name: statistics.fmean(_val_run(done, trainer, "subtune", blocks, s) for s in seeds)
            for name, blocks in stages.items()}
     best = max(val, key=lambda k: (val[k], stages[k][0]))
     return best, {"how": "best mean validation accuracy over the stages", "val_accuracy": val}
+
+
+class FinishedRuns:
+    """OUT/runs/<key>.json, one per finished training run, written atomically as it ends, with a
+    digest of everything that decides its result; a rerun of the same command reuses the runs
+    whose digest matches (an interrupted comparison resumes, a changed setting retrains)."""
+
+    def __init__(self, folder: str, settings: dict):
+        from subtune.cluster.runlog import settings_digest
+
+        self.folder, self.digest = folder, settings_digest(settings)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.folder, key + ".json")
+
+    def get(self, key: str) -> dict | None:
+        try:
+            with open(self._path(key)) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return data.get("result") if data.get("settings") == self.digest else None
+
+    def put(self, key: str, result: dict) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        write_text(self._path(key), json.dumps({"settings": self.digest, "result": result}, indent=1))
+
+    def count(self) -> int:
+        if not os.path.isdir(self.folder):
+            return 0
+        return sum(self.get(name[:-5]) is not None for name in os.listdir(self.folder) if name.endswith(".json"))
+
+
+def _settings(trainer, args) -> dict:
+    """What decides a training run's result besides its method, blocks and seed."""
+    return {"arch": ARCH, "base": trainer.base.fingerprint, "image_size": args.image_size, "train": args.train,
+            "val": args.val, "test": args.test, "training": trainer.config.to_meta(), "lora_rank": args.lora_rank,
+            "lora_alpha": args.lora_alpha, "feature_budget": args.feature_budget}
+
+
+def _blocks_key(blocks: list[int] | None) -> str:
+    return "none" if not blocks else f"{blocks[0]}-{blocks[-1]}"
+
+
+def _val_run(done: FinishedRuns, trainer, method: str, blocks: list[int] | None, seed: int) -> float:
+    """Validation accuracy of one search run (no test evaluation), reused when finished earlier."""
+    key = f"search-{method}-{_blocks_key(blocks)}-seed{seed}"
+    kept = done.get(key)
+    if kept is None:
+        r = trainer.linear(seed=seed, test=False) if method == "linear" else trainer.subtune(blocks, seed=seed,
+                                                                                          test=False)
+        kept = {"val_accuracy": r.val_accuracy, "seconds": round(r.seconds, 3)}
+        done.put(key, kept)
+    return kept["val_accuracy"]
 
 
 # ---------------------------------------------------------------------- latency
@@ -280,10 +347,16 @@ def measure_latency(base, trained: dict, args) -> dict:
     os.makedirs(graph_dir, exist_ok=True)
     saved_path = os.path.join(graph_dir, "verification.json")
     saved = json.load(open(saved_path)) if os.path.isfile(saved_path) else {}
+    files = {m: _file_digest(v["task"]) for m, v in trained.items()}
+    members = {"base": [], "all": list(tasks), "full_model": ["full"]}
+    members.update({f"alone:{m}": [m] for m in tasks})
+    members.update({f"without:{m}": [k for k in tasks if k != m] for m in tasks})
     for key, (b, ts) in graphs.items():
         began = time.perf_counter()
         onnx_path = os.path.join(graph_dir, key.replace(":", "_") + ".onnx")
-        if key in saved and os.path.isfile(onnx_path):  # compiled (and verified) by an earlier run of these tasks
+        made_from = {m: files[m] for m in members[key]}
+        if key in saved and saved[key].get("tasks") == made_from and os.path.isfile(onnx_path):
+            # compiled (and verified) by an earlier run from these very task files
             sessions[key] = session_from_bytes(onnx_path, threads=args.threads)
             schedules[key] = saved[key]["schedule"]
             if saved[key].get("verification"):
@@ -298,7 +371,7 @@ def measure_latency(base, trained: dict, args) -> dict:
         sessions[key] = session_from_bytes(data, threads=args.threads)
         schedules[key] = plan.report["schedule"]
         if "verification" not in plan.report:
-            saved[key] = {"schedule": schedules[key]}
+            saved[key] = {"schedule": schedules[key], "tasks": made_from}
             write_text(saved_path, json.dumps(saved, indent=1))
             print(f"  compiled {key}: {len(ts)} task(s) (not verified: a subset of the whole graph)", flush=True)
             continue
@@ -306,7 +379,7 @@ def measure_latency(base, trained: dict, args) -> dict:
         verification[key] = {"max_relative_error": max(c["relative_error"] for c in checks),
                              "batches": sorted({c["batch"] for c in checks}),
                              "outputs": plan.output_names, "compile_seconds": round(time.perf_counter() - began, 1)}
-        saved[key] = {"schedule": schedules[key], "verification": verification[key]}
+        saved[key] = {"schedule": schedules[key], "verification": verification[key], "tasks": made_from}
         write_text(saved_path, json.dumps(saved, indent=1))
         print(f"  compiled and verified {key}: {len(ts)} task(s), max relative error "
               f"{verification[key]['max_relative_error']:.1e}", flush=True)
@@ -337,6 +410,13 @@ def measure_latency(base, trained: dict, args) -> dict:
               flush=True)
     return {"verification": verification, "schedule_all": schedules["all"], "batches": by_batch,
             "load_average_after": list(os.getloadavg())}
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -18,7 +18,8 @@ tap task (no fork: Head2Toe, the linear probe), what the head reads instead of b
      "taps": {"points": [1, 5, 18], "grid": 2, "selected": 1024}} # pooled taps, 1024 features kept
     {"method": "lora", "blocks": [1, 16], "accuracy": 0.83}       # merged LoRA = a window
 
-A results.json of bench/methods.py is read as such entries (validation accuracy, the first
+A profile's "baselines" (`subtune profile --baselines linear,head2toe,lora`) are read as such
+entries too. A results.json of bench/methods.py is read as such entries (validation accuracy, the first
 seed's task shape; full finetuning is left out: it is a second model, not a task). Full tasks
 are not needed: latency depends on which blocks are tuned or which points are tapped, not on
 the values.
@@ -78,7 +79,20 @@ def load_profile(path: str | Path, arch: str | None = None) -> list[ProfileEntry
         return methods_entries(data, str(path))
     if arch and made_for and made_for != arch:
         raise SubtuneError(f"profile {path} was made for {made_for}, but the base is {arch}: pass the base it was made for")
-    return parse_profile(data, str(path))
+    entries = parse_profile(data, str(path))
+    if isinstance(data, dict) and isinstance(data.get("baselines"), dict):
+        entries += baseline_entries(data["baselines"], str(path))
+    return entries
+
+
+def baseline_entries(baselines: dict, where: str = "profile") -> list[ProfileEntry]:
+    """A `subtune profile --baselines` profile's baselines as method entries: the linear probe and
+    Head2Toe are taps (their first seed's taps), LoRA on every block a window; full finetuning is
+    left out (a second whole model, not a task the graph can hold)."""
+    as_methods = {name: {"accuracy": e.get("accuracy"), "blocks": e.get("blocks"),
+                         "method": ((e.get("runs") or [{}])[0]).get("method")}
+                  for name, e in baselines.items() if name != "full" and isinstance(e, dict)}
+    return methods_entries({"methods": as_methods}, f"{where} (baselines)") if as_methods else []
 
 
 def methods_entries(data: dict, where: str = "methods results") -> list[ProfileEntry]:

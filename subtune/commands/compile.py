@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-fallback", type=int, metavar="K",
                    help="int8: keep at most K layers in fp32 to meet the targets (default: half of the quantised "
                         "layers; 0: plain int8)")
+    p.add_argument("--allow-slower", action="store_true",
+                   help="int8 for ONNX Runtime CPU: keep the graph even when the compile's quick latency check finds "
+                        "it slower than fp32 on this host (refused by default)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,6 +169,6 @@ def _precision_options(args: argparse.Namespace):
     return PrecisionOptions(args.precision, args.calibration, args.calibration_size, args.calibration_method,
                             args.int8_target, args.min_agreement, args.max_accuracy_drop, check_size=args.check_size,
                             max_fallback=args.max_fallback, fallback=args.max_fallback != 0,
-                            engine=out.suffix in (".plan", ".engine"),
+                            engine=out.suffix in (".plan", ".engine"), allow_slower=args.allow_slower,
                             sensitivity_plot=str(out.with_suffix(".sensitivity.png"))
                             if args.precision == "int8" else None).check()

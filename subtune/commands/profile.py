@@ -13,7 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=1, choices=[1, 2, 3], help="consecutive blocks per run (default 1)")
     p.add_argument("--starts", help="only windows starting at these blocks: FIRST-LAST or a list (default: all)")
     p.add_argument("--seeds", default=None, help="training seeds, e.g. 0,1,2: mean and std per window (default: --seed)")
-    p.add_argument("--baselines", action="store_true", help="also the linear probe and full finetuning")
+    p.add_argument("--baselines", nargs="?", const="linear,full", default=None, metavar="LIST",
+                   help="also baselines, one row each: a comma list of linear, head2toe, lora (LoRA on every block), "
+                        "full (bare --baselines: linear,full); subtune-bench --profile reads them beside the windows")
     p.add_argument("--siamese", action="store_true", help="profile Siamese SubTuning (§5.1)")
     p.add_argument("--runs", help="folder of finished runs, one JSON each, written as each run ends; a rerun "
                                   "skips them (default: beside the output, .runs)")

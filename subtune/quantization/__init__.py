@@ -77,6 +77,9 @@ class PrecisionOptions:
     engine: bool = False  # the graph is for a TensorRT engine (resolves --int8-target auto)
     int8_target_reason: str = ""
     measure_latency: bool = True  # time fp32 vs the reduced graph on ONNX Runtime CPU (a quick check, not a bench)
+    # A reduced graph that the quick check finds slower than fp32 at every batch size is refused (it would be
+    # less accurate and slower); allow_slower keeps it (e.g. built here for another host, or a TensorRT engine).
+    allow_slower: bool = False
     sensitivity_plot: str | None = None  # PNG of the sensitivity table, written after a successful check
 
     def check(self) -> "PrecisionOptions":
@@ -229,11 +232,37 @@ def verify_reduced(fp32: bytes, reduced: bytes, base_only: bytes | None, calibra
         report["latency"] = lat = latency_ratios(fp32, reduced, images, emulate_qdq=emulate)
         ratios = [v["ratio"] for k, v in lat.items() if k.startswith("batch_")]
         lat["faster_than_fp32"] = all(r < 1 for r in ratios)
-        if not any(r < 1 for r in ratios):
-            log.warning("the %s graph ran %s the fp32 graph's time on this host (quick check, load average %.1f): "
-                        "reduced precision pays off where the runtime has fast kernels for it (int8: VNNI/AMX x86 or "
-                        "TensorRT; fp16: GPUs); measure with bench/int8_accuracy.py before deploying",
-                        options.precision, " / ".join(f"{r:.2f}x" for r in ratios),
-                        (lat.get("load_average") or [0])[0])
     check_thresholds(rows, options.precision, **options.limits)
+    if options.measure_latency:
+        check_faster(report["latency"], options)
     return report
+
+
+def check_faster(lat: dict, options: PrecisionOptions) -> None:
+    """Refuse an INT8 graph in the form for ONNX Runtime's x86 kernels (`--int8-target cpu`, what `auto`
+    picks for `-o model.onnx` on x86) that the quick check found slower than fp32 at every batch size it
+    timed here: it would cost accuracy and time. Other forms (fp16, the TensorRT QDQ form) are built for
+    runtimes this host's ONNX Runtime CPU does not stand for, so a slow quick check only warns."""
+    from subtune.errors import VerificationError
+
+    batches = sorted((int(k.split("_")[1]), v["ratio"]) for k, v in lat.items() if k.startswith("batch_"))
+    if any(r < 1 for _, r in batches):
+        return
+    load = (lat.get("load_average") or [0.0])[0]
+    measured = (f"the {options.precision} graph ran " + " / ".join(f"{r:.2f}x" for _, r in batches)
+                + " the fp32 graph's time at batch " + " / ".join(str(b) for b, _ in batches)
+                + f" on ONNX Runtime CPU here (quick check, {_flags(lat)}, load average {load:.1f})")
+    judged = options.precision == "int8" and options.int8_target == "cpu" and not options.engine
+    if options.allow_slower or not judged:
+        log.warning("%s; kept (%s): reduced precision pays where the runtime has fast kernels for it (int8: VNNI/AMX "
+                    "x86 or TensorRT; fp16: GPUs), measure with bench/int8_accuracy.py before deploying", measured,
+                    "--allow-slower" if options.allow_slower else "not a graph for ONNX Runtime CPU")
+        return
+    raise VerificationError(f"{measured}: reduced precision does not pay on this host; compile in fp32 (drop "
+                            "--precision), time it where it will run (bench/int8_accuracy.py), or pass --allow-slower "
+                            "to keep it")
+
+
+def _flags(lat: dict) -> str:
+    fast = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in (lat.get("cpu_flags") or [])]
+    return "CPU with " + ", ".join(fast) if fast else "CPU without VNNI/AMX"

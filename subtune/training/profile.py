@@ -1,6 +1,6 @@
 """The finetuning profile (paper §2): train each consecutive window of blocks on its own and
-record validation accuracy, trainable parameters and time; optionally the linear-probe and
-full-finetuning baselines.
+record validation accuracy, trainable parameters and time; optionally baselines beside the
+windows: the linear probe, Head2Toe, LoRA on every block, full finetuning (BASELINES).
 
 The unit of work is one run, a `RunSpec` (mode, blocks, seed): `run_one(trainer, spec)` trains
 it and returns a JSON-able result dict. Where runs execute is a policy, an *executor*: an
@@ -23,14 +23,18 @@ from subtune.models.blocks import block_span
 from subtune.training.trainer import Trainer, TrainResult
 
 PROFILE_FORMAT = "subtune.profile/1"
-MODES = ("subtune", "linear", "full")
+MODES = ("subtune", "linear", "full", "head2toe", "lora")
+# Runs of a profile besides its windows: one entry each, averaged over the seeds. "lora" is LoRA on
+# every block (merged: a window over the whole network); LoRA inside a window is `train --mode lora`.
+BASELINES = ("linear", "head2toe", "lora", "full")
+DEFAULT_BASELINES = ("linear", "full")
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """One training run. `test=False` leaves the test split alone (selection runs)."""
 
-    mode: str  # "subtune" | "linear" | "full"
+    mode: str  # "subtune" | "linear" | "full" | "head2toe" | "lora" (every block)
     blocks: tuple[int, ...] = ()
     seed: int = 0
     siamese: bool = False
@@ -70,9 +74,14 @@ def run_one(trainer: Trainer, spec: RunSpec) -> dict:
         result = trainer.subtune(list(spec.blocks), siamese=spec.siamese, seed=spec.seed, test=spec.test)
     elif spec.mode == "linear":
         result = trainer.linear(seed=spec.seed)
+    elif spec.mode == "head2toe":
+        result = trainer.head2toe(seed=spec.seed, test=spec.test)
+    elif spec.mode == "lora":
+        result = trainer.lora(None, seed=spec.seed, test=spec.test)
     else:
         result = trainer.full(seed=spec.seed)
-    return {**result.summary(), "train_loss": result.history[-1]["loss"]}
+    # Head2Toe fits its head on pooled features (no epoch history): no training loss to report
+    return {**result.summary(), "train_loss": result.history[-1]["loss"] if result.history else None}
 
 
 class Executor(Protocol):
@@ -141,16 +150,31 @@ def windows(num_blocks: int, window: int, starts: list[int] | None = None) -> li
 
 
 def profile_specs(num_blocks: int, *, window: int = 1, seeds: Iterable[int] = (0,), starts: list[int] | None = None,
-                  siamese: bool = False, baselines: bool = False) -> list[RunSpec]:
-    """Every run of a profile, windows front to back, then the baselines; seeds innermost."""
+                  siamese: bool = False, baselines: "bool | Iterable[str]" = False) -> list[RunSpec]:
+    """Every run of a profile, windows front to back, then the baselines; seeds innermost.
+    `baselines`: True for DEFAULT_BASELINES, or the names of BASELINES to run."""
     specs = [RunSpec("subtune", tuple(b), s, siamese) for b in windows(num_blocks, window, starts) for s in seeds]
-    if baselines:
-        specs += [RunSpec(mode, (), s) for mode in ("linear", "full") for s in seeds]
+    specs += [RunSpec(mode, (), s) for mode in baseline_names(baselines) for s in seeds]
     return specs
 
 
+def baseline_names(baselines: "bool | str | Iterable[str] | None") -> list[str]:
+    """False/None: none; True: DEFAULT_BASELINES; "linear,head2toe" or a list: those, in BASELINES' order."""
+    if not baselines:
+        return []
+    if baselines is True:
+        return list(DEFAULT_BASELINES)
+    names = [b.strip() for b in baselines.split(",")] if isinstance(baselines, str) else [str(b) for b in baselines]
+    names = [b for b in names if b]
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown or not names:
+        raise SubtuneError(f"--baselines {','.join(names) or '(empty)'}: expected a comma list of "
+                           f"{', '.join(BASELINES)} (e.g. linear,head2toe)")
+    return [b for b in BASELINES if b in names]
+
+
 def run_profile(trainer: Trainer, *, window: int = 1, seeds: list[int] | None = None, starts: list[int] | None = None,
-                siamese: bool = False, baselines: bool = False,
+                siamese: bool = False, baselines: "bool | Iterable[str]" = False,
                 on_entry: Callable[[str, dict], None] | None = None, executor: Executor | None = None,
                 done: dict[str, dict] | None = None,
                 on_run: Callable[[RunSpec, dict], None] | None = None) -> Profile:

@@ -55,8 +55,8 @@ def test_int8_compile_checks_on_held_out_images_and_writes_the_sensitivity_table
     out = tmp_path / "m.onnx"
     code = main(["compile", str(tmp_path / "base.pt"), str(tmp_path / "t.pt"), "-o", str(out),
                  "--image-size", "32", "--precision", "int8", "--calibration", "fashion-mnist",
-                 "--calibration-size", "16", "--check-size", "40", "--min-agreement", "0.6"])
-    assert code == 0 and out.is_file()
+                 "--calibration-size", "16", "--check-size", "40", "--min-agreement", "0.6", "--allow-slower"])
+    assert code == 0 and out.is_file()  # --allow-slower: a 32 px toy graph's int8 speed is whatever it is
     report = json.loads(out.with_suffix(".report.json").read_text())["precision"]
     assert report["scheme"]["target"] in ("cpu", "tensorrt") and report["scheme"]["target_reason"].startswith("auto")
     ver = report["verification"]
@@ -89,3 +89,29 @@ def test_precision_summary_prints_the_check_the_fallbacks_and_sensitivity():
     assert "int8 form: cpu (auto: x86)" in text and "98.4%" in text and "89.0% -> 87.5%" in text
     assert "max |difference| 0" in text and "layers kept in fp32: 1 of 12 quantised (base.stem.weight)" in text
     assert "(0.75x)" in text and "base.stem.weight" in lines[-1] and lines[-1].rstrip().endswith("yes")
+
+
+def _latency(*ratios, flags=("avx2",)):
+    return {"runtime": "ONNX Runtime CPU", "cpu_flags": list(flags), "load_average": [0.5, 0.5, 0.5],
+            **{f"batch_{b}": {"fp32_ms": 1.0, "reduced_ms": r, "ratio": r} for b, r in zip((1, 8), ratios)}}
+
+
+def test_an_int8_graph_for_onnxruntime_cpu_that_is_slower_than_fp32_everywhere_is_refused_with_the_fix(caplog):
+    from subtune.errors import VerificationError
+    from subtune.quantization import PrecisionOptions, check_faster
+
+    cpu = PrecisionOptions("int8", "fashion-mnist", int8_target="cpu").check()
+    with pytest.raises(VerificationError) as e:
+        check_faster(_latency(1.14, 1.02), cpu)
+    msg = str(e.value)
+    assert "1.14x / 1.02x the fp32 graph's time at batch 1 / 8" in msg and "CPU without VNNI/AMX" in msg
+    assert "drop --precision" in msg and "--allow-slower" in msg and "\n" not in msg
+    check_faster(_latency(0.8, 1.1), cpu)  # faster at one batch size: kept
+    with caplog.at_level("WARNING"):
+        check_faster(_latency(1.2, 1.3), PrecisionOptions("int8", "fashion-mnist", int8_target="cpu",
+                                                          allow_slower=True).check())
+    assert "kept (--allow-slower)" in caplog.text
+    # forms built for other runtimes (TensorRT's QDQ form, fp16) are not judged by ONNX Runtime CPU: a warning
+    for other in (PrecisionOptions("int8", "fashion-mnist", int8_target="tensorrt").check(),
+                  PrecisionOptions("fp16").check()):
+        check_faster(_latency(2.0, 2.0), other)

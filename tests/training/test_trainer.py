@@ -114,3 +114,29 @@ def test_schedule_helpers():
     assert sorted(np.concatenate(batch_order(8, 4, g)).tolist()) == list(range(8))
     with pytest.raises(SubtuneError):
         TrainConfig(augment="mixup")
+
+
+def test_profile_baselines_include_the_rivals_and_the_tradeoff_reads_them(base, splits, tmp_path):
+    """`subtune profile --baselines linear,head2toe,lora`: each baseline is a profile row, and
+    `subtune-bench --profile` reads them as method entries (taps for the probe and Head2Toe, a
+    window over every block for LoRA) beside the windows."""
+    import json
+
+    from subtune.bench.tradeoff import load_profile
+    from subtune.training.profile import baseline_names, profile_to_json, run_profile
+
+    trainer = Trainer(base, *splits, config=TrainConfig(epochs=1, batch_size=8))
+    prof = run_profile(trainer, seeds=[0, 1], starts=[5], baselines="lora,head2toe,linear")
+    assert list(prof.baselines) == ["linear", "head2toe", "lora"]  # BASELINES' order, whatever was given
+    n = trainer.backbone.num_blocks
+    assert prof.baselines["lora"]["blocks"] == [1, n] and len(prof.baselines["head2toe"]["runs"]) == 2
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile_to_json(prof, context={"arch": base.arch})))
+    entries = {e.label: e for e in load_profile(path, arch=base.arch)}
+    assert set(entries) == {"5", "linear", "head2toe", f"lora (1-{n})"}
+    h2t = entries["head2toe"]
+    assert h2t.taps[0] == tuple(prof.baselines["head2toe"]["runs"][0]["method"]["taps_kept"])
+    assert h2t.accuracy == prof.baselines["head2toe"]["accuracy"] and entries["linear"].taps == (None, None, None)
+    assert baseline_names(True) == ["linear", "full"] and baseline_names(False) == []
+    with pytest.raises(SubtuneError, match="expected a comma list of linear, head2toe, lora, full"):
+        baseline_names("linear,surgical")
