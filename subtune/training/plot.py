@@ -27,7 +27,8 @@ def plot_profile(data: dict, path: str | os.PathLike, *, stages: dict[str, list[
     if all("test_accuracy" in e for e in entries):
         ax.errorbar(x, [e["test_accuracy"] for e in entries], yerr=[e.get("test_accuracy_std", 0) for e in entries],
                     marker="s", linestyle="--", capsize=3, label="SubTuning (test)")
-    styles = {"linear": ("tab:gray", ":", "linear probe"), "full": ("tab:red", "--", "full finetuning")}
+    styles = {"linear": ("tab:gray", ":", "linear probe"), "full": ("tab:red", "--", "full finetuning"),
+              "head2toe": ("tab:green", "-.", "Head2Toe"), "lora": ("tab:purple", (0, (5, 1, 1, 1)), "LoRA, all blocks")}
     for name, entry in data.get("baselines", {}).items():
         color, ls, text = styles.get(name, ("k", "-.", name))
         value = entry.get("test_accuracy", entry["accuracy"])
