@@ -1,22 +1,29 @@
 """subtune: SubTuning toolkit and multi-task deployment compiler.
 
     import subtune
+    trained = subtune.train("base.pt", "imagefolder:dogs", "dogs.pt", blocks="layer3")
     result = subtune.compile("base.pt", ["dogs.pt", "cats.pt"], "model.onnx")
 
-The API (subtune/api.py) is imported on first use, and heavy libraries (torch, onnx,
-onnxruntime, tensorrt) where they are used, so `import subtune` and argument parsing stay cheap.
-Library code logs on the "subtune" logger and never prints.
+The API (subtune/api/: compile, train, prune, prune_sweep, select, benchmark,
+benchmark_compare, benchmark_profile, triton_repo and their result classes) is imported on
+first use, and heavy libraries (torch, onnx, onnxruntime, tensorrt) where they are used, so
+`import subtune` and argument parsing stay cheap. Library code logs on the "subtune" logger
+and never prints.
 """
 
 import logging
 
 __version__ = "0.1.0"
 
-__all__ = ["CompileResult", "compile", "__version__"]
+_API = {
+    "compile", "CompileResult", "train", "TrainResult", "prune", "PruneResult", "prune_sweep", "SweepResult",
+    "select", "SelectResult", "benchmark", "benchmark_compare", "benchmark_profile", "BenchResult",
+    "triton_repo", "Repository",
+}
+
+__all__ = sorted(_API) + ["__version__"]
 
 logging.getLogger("subtune").addHandler(logging.NullHandler())
-
-_API = {"compile", "CompileResult"}
 
 
 def __getattr__(name: str):

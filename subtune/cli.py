@@ -7,6 +7,7 @@ exits 1 (the traceback only with --debug); any other exception is a bug and keep
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Callable
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None, only: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv, only)
     args = parser.parse_args(argv)
+    handler = _log_to_stderr()
     try:
         return int(_module(args.command).run(args) or 0)
     except SubtuneError as e:
@@ -73,6 +75,19 @@ def main(argv: list[str] | None = None, only: str | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger("subtune").removeHandler(handler)
+
+
+def _log_to_stderr() -> logging.Handler:
+    """The library logs on the "subtune" logger and never prints: its warnings reach the user
+    here, one plain line each on stderr (INFO stays quiet; commands print their own results).
+    Installed for one command and removed after it, so in-process callers do not stack handlers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("subtune").addHandler(handler)
+    return handler
 
 
 def _shortcut(name: str) -> Callable[[], int]:

@@ -23,10 +23,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = "<!-- python-api-example"
 
 
-def readme_example(text: str) -> str:
+def readme_example(text: str, marker: str = MARKER) -> str:
     """The first ```python block after the marker comment."""
-    start = text.find(MARKER)
-    assert start >= 0, f"README.md lacks the Python API example (a ```python block after '{MARKER} ...-->')"
+    start = text.find(marker)
+    assert start >= 0, f"README.md lacks the Python API example (a ```python block after '{marker} ...-->')"
     block = re.search(r"```python\n(.*?)```", text[start:], re.S)
     assert block, "no ```python block after the Python API marker in README.md"
     return block.group(1)
@@ -140,3 +140,200 @@ def test_bad_options_are_refused_before_any_work(tmp_path, tiny, kwargs, match, 
     with pytest.raises(SubtuneError, match=match):
         subtune.compile(base, tasks, **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the other verbs
+# train, prune, prune_sweep, select, benchmark, triton_repo: each is what its command runs. Tiny
+# on purpose: subtune:tiny_resnet at 16 px on a nine-image-per-class colour folder.
+
+TRAIN_EXAMPLE = "<!-- python-api-train-example"
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
+QUICK = dict(image_size=16, epochs=2, batch_size=8)
+
+
+def _write_image(path: Path, colour, seed: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    px = np.clip(np.array(colour)[None, None] + rng.normal(0, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(px).save(path)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """root/<split>/<colour>/<i>.png: 6 train, 3 val, 3 test images per class."""
+    root, seed = tmp_path_factory.mktemp("colours"), 0
+    for split, n in (("train", 6), ("val", 3), ("test", 3)):
+        for name, colour in COLOURS.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                seed += 1
+                _write_image(root / split / name / f"{i}.png", colour, seed)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_base():
+    return make_base("subtune:tiny_resnet", {"num_classes": 5}, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_base, folder):
+    """One task trained through the API to files (blocks 7-8), shared by the checks below."""
+    out = tmp_path_factory.mktemp("trained") / "colours.pt"
+    return subtune.train(tiny_base, f"imagefolder:{folder}", out, blocks="layer4", test=True, **QUICK)
+
+
+def test_train_writes_the_task_and_report_and_returns_the_same_task(trained):
+    from subtune.formats import load_task
+
+    assert trained.files == [trained.output, trained.output.with_suffix(".train.json")]
+    on_disk = load_task(trained.output)
+    assert on_disk.blocks == trained.task.blocks == [7, 8] and on_disk.classes == ["blue", "green", "red"]
+    assert all(torch_equal(on_disk.head[k], v) for k, v in trained.task.head.items())
+    report = json.loads(trained.report_path.read_text())
+    assert report == json.loads(json.dumps(trained.report)) and report["blocks"] == [7, 8]
+    assert report["val_accuracy"] == trained.val_accuracy == on_disk.meta["val_accuracy"]
+    assert trained.test_accuracy is not None and report["data"]["train"]["images"] == 18
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_train_in_memory_from_loaded_splits_logs_and_compiles(tmp_path, tiny_base, folder, caplog, capsys):
+    """Loaded datasets in, a task in memory out (no output: nothing written), straight into
+    compile; the trainer's note goes to the "subtune" logger, and nothing is printed."""
+    import logging
+
+    from subtune.training.data import load_dataset
+
+    kw = dict(image_size=16, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    splits = [load_dataset(f"imagefolder:{folder}", s, **kw) for s in ("train", "val")]
+    lines = []
+    with caplog.at_level(logging.WARNING, logger="subtune"):
+        result = subtune.train(tiny_base, splits, blocks=[8], epochs=1, batch_size=8, augment="flip",
+                               on_progress=lines.append)
+    assert result.output is None and result.files == [] and result.report["output"] is None
+    assert any("augmentation 'flip'" in r.getMessage() for r in caplog.records)
+    assert lines and lines[0].startswith("data ") and capsys.readouterr() == ("", "")
+    assert result.task.blocks == [8] and result.task.name == "task" and not result.report["cached"]
+    compiled = subtune.compile(tiny_base, [result.task], tmp_path / "m.onnx", image_size=16, verify_batches=(1, 2))
+    assert compiled.verified and compiled.outputs == ["base", "task"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({}, "--blocks is required"),
+    ({"blocks": "7-8", "report": "t.pt"}, "same file as -o"),
+    ({"blocks": "7-8", "mode": "linear"}, "trains no chosen blocks"),
+    ({"blocks": "7-9"}, "out of range"),
+    ({"blocks": [object()]}, "blocks: expected"),
+])
+def test_train_refuses_bad_requests_and_writes_nothing(tmp_path, tiny_base, folder, kwargs, match, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SubtuneError, match=match):
+        subtune.train(tiny_base, f"imagefolder:{folder}", "t.pt", **QUICK, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_from_paths_and_objects_alike(tmp_path, trained, tiny_base):
+    from subtune.formats import load_task, save_base
+
+    save_base(tmp_path / "base.pt", tiny_base)
+    from_files = subtune.prune(tmp_path / "base.pt", trained.output, tmp_path / "p.pt", ratio=0.5, norm="l1")
+    in_memory = subtune.prune(tiny_base, trained.task, ratio=0.5, norm="l1")
+    assert from_files.files == [tmp_path / "p.pt", tmp_path / "p.report.json"] and in_memory.files == []
+    on_disk = load_task(tmp_path / "p.pt")
+    for block, state in in_memory.task.block_state.items():
+        assert all(torch_equal(v, on_disk.block_state[block][k]) for k, v in state.items())
+    assert 0 < in_memory.params_kept < 1 and from_files.report["blocks"] == in_memory.report["blocks"]
+    with pytest.raises(SubtuneError, match="strictly between 0 and 1"):
+        subtune.prune(tiny_base, trained.task, tmp_path / "q.pt", ratio=1.0)
+    assert not (tmp_path / "q.pt").exists()
+
+
+def test_prune_sweep_points_and_files(tmp_path, trained, tiny_base, folder):
+    result = subtune.prune_sweep(tiny_base, trained.task, f"imagefolder:{folder}", tmp_path / "sweep.json",
+                                 ratios=[0.25, 0.5], scopes=["local"], norms=["l2"], epochs=0)
+    assert result.files == [tmp_path / "sweep.json", tmp_path / "sweep.png"]
+    points = json.loads((tmp_path / "sweep.json").read_text())["points"]
+    assert len(points) == 2 == len(result.sweep.points)
+    kept = [p["params_kept"] for p in points]
+    assert 0 < kept[1] < kept[0] < 1
+    with pytest.raises(SubtuneError, match="--scopes"):
+        subtune.prune_sweep(tiny_base, trained.task, f"imagefolder:{folder}", scopes=["both"])
+
+
+def test_select_picks_the_smallest_margins_and_excludes_earlier_picks(tmp_path, trained, tiny_base):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(9):
+        _write_image(pool / f"{i}.png", list(COLOURS.values())[i % 3], 100 + i)
+    first = subtune.select(tiny_base, trained.output, f"images:{pool}", 4, tmp_path / "picks.json")
+    margins = [p["margin"] for p in first.picks]
+    assert margins == sorted(margins) and first.report["pool_size"] == 9 and len(first.ids) == 4
+    assert first.report["margin_quantiles"]["0.0"] == pytest.approx(margins[0])
+    assert all(p["p1"] - p["p2"] == pytest.approx(p["margin"]) for p in first.picks)
+    assert json.loads((tmp_path / "picks.json").read_text()) == json.loads(json.dumps(first.report))
+    second = subtune.select(tiny_base, trained.task, f"images:{pool}", 9, exclude=tmp_path / "picks.json")
+    assert second.output is None and second.report["excluded"] == 4 and len(second.picks) == 5
+    assert not set(second.ids) & set(first.ids) and min(p["margin"] for p in second.picks) >= margins[-1] - 1e-6
+    with pytest.raises(SubtuneError, match="nothing to pick"):
+        subtune.select(tiny_base, trained.task, f"images:{pool}", 1, exclude=first.ids + second.ids)
+
+
+def test_benchmark_and_triton_repo(tmp_path, trained, tiny_base):
+    compiled = subtune.compile(tiny_base, [trained.task], tmp_path / "m.onnx", verify=False, report=False)
+    timed = subtune.benchmark(compiled.output, batches=[1, 2], warmup=1, iters=2, repeats=2, threads=1,
+                              json=tmp_path / "t.json", progress=False)
+    assert timed.files == [tmp_path / "t.json"] and "median ms" in timed.table()
+    assert [t["batch"] for t in json.loads((tmp_path / "t.json").read_text())["timings"]] == [1, 2]
+    with pytest.raises(SubtuneError, match="subtune base/task file"):
+        subtune.benchmark(trained.output)
+    repo = subtune.triton_repo(compiled.output, tmp_path / "repo")
+    assert isinstance(repo, subtune.Repository) and repo.outputs == ["base", "colours"]
+    assert (tmp_path / "repo" / "m" / "config.pbtxt").is_file() and repo.backend == "python"
+    with pytest.raises(SubtuneError, match="exists"):
+        subtune.triton_repo(compiled.output, tmp_path / "repo")
+
+
+def test_the_command_line_shows_library_warnings_once(tmp_path, capsys, tiny_base, folder):
+    """Library code logs; `subtune` shows warnings on stderr, one line each, and removes its
+    handler afterwards (in-process callers do not stack handlers)."""
+    import logging
+
+    from subtune.cli import main
+    from subtune.formats import save_base
+
+    save_base(tmp_path / "base.pt", tiny_base)
+    handlers = list(logging.getLogger("subtune").handlers)
+    argv = ["train", str(tmp_path / "base.pt"), "--data", f"imagefolder:{folder}", "--blocks", "8", "--epochs", "1",
+            "--image-size", "16", "--batch-size", "8", "--augment", "flip", "-o", str(tmp_path / "t.pt")]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err.count("augmentation 'flip'") == 1 and "trained task 't' on block 8" in out
+    assert logging.getLogger("subtune").handlers == handlers
+
+
+def test_readme_train_example_runs_as_written(tmp_path):
+    """The README's train -> compile example, on a tiny `flowers` folder made here (its text says
+    `imagefolder:flowers`: the reader's own folder of DIR/train/<class>/ images)."""
+    seed = 0
+    for split, n in (("train", 6), ("val", 3)):
+        for name, colour in COLOURS.items():
+            (tmp_path / "flowers" / split / name).mkdir(parents=True)
+            for i in range(n):
+                seed += 1
+                _write_image(tmp_path / "flowers" / split / name / f"{i}.png", colour, seed)
+    code = readme_example(README.read_text(), TRAIN_EXAMPLE)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["[7, 8] ['blue', 'green', 'red']", "['flowers.pt', 'flowers.train.json'] True",
+                                        "True ['base', 'flowers']"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.pt", "flowers", "flowers.pt", "flowers.train.json",
+                                                           "model.onnx", "model.report.json"]

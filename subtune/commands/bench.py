@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The flags that belong to one mode are checked here (parsing); the mode's work is one call
+    to subtune.api (benchmark, benchmark_compare or benchmark_profile)."""
     from pathlib import Path
 
     from subtune.atomic import check_writable
@@ -63,116 +65,61 @@ def run(args: argparse.Namespace) -> int:
         raise SubtuneError("--plot applies to --compare and --profile")
     if args.task_counts and not args.compare:
         raise SubtuneError("--task-counts applies to --compare")
+    common = dict(protocol=protocol, threads=args.threads, json=args.json)
     if args.compare:
-        return _compare(args, batches, protocol)
-    if args.profile:
-        return _profile(args, batches, protocol)
-    return _model(args, batches, protocol)
-
-
-def _model(args, batches, protocol) -> int:
-    from subtune.bench.latency import bench_runner
-    from subtune.bench.machine import usable_cores
-    from subtune.bench.report import model_table, write_json
-    from subtune.errors import SubtuneError
-    from subtune.runtimes import ENGINE_SUFFIXES, runner_for_file
-
-    if len(args.inputs) != 1:
-        raise SubtuneError(f"expected one model file, found {len(args.inputs)} files; to compare a base and tasks, "
-                           "add --compare")
-    path = args.inputs[0]
-    if path.endswith((".pt", ".pth")):
-        raise SubtuneError(f"{path} is a subtune base/task file: time a compiled .onnx model, or use --compare BASE TASK...")
-    if args.image_size:
-        raise SubtuneError("--image-size applies to --compare/--profile; a model file has its own input size")
-    if args.runtime:
-        raise SubtuneError("--runtime applies to --compare/--profile; a model file's suffix picks its runtime "
-                           "(.onnx: ONNX Runtime, .plan: TensorRT)")
-    threads = args.threads or usable_cores()
-    engine = path.endswith(ENGINE_SUFFIXES)
-    runner = runner_for_file(path, provider=args.provider, threads=None if engine else threads,
-                             cuda_graph=args.cuda_graph)
-    result = bench_runner(runner, model=path, batches=batches, protocol=protocol, threads=threads,
-                          keep_samples=args.keep_samples)
-    print(model_table(result))
-    if args.json:
-        write_json(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _compare(args, batches, protocol) -> int:
-    from subtune.bench.compare import run_compare
-    from subtune.bench.report import compare_table
-    from subtune.errors import SubtuneError
-    from subtune.formats import load_base, load_task
-
-    if len(args.inputs) < 2:
-        raise SubtuneError("--compare needs a base file and at least one task file")
-    runtime = _runtime_spec(args, batches)
-    counts = int_list(args.task_counts, "--task-counts", positive=True) if args.task_counts else None
-    base = load_base(args.inputs[0])
-    tasks = [load_task(t) for t in args.inputs[1:]]
-    result = run_compare(base, tasks, batches=batches, protocol=protocol, runtime=runtime, task_counts=counts,
-                         input_size=image_size(args.image_size), threads=args.threads, keep_samples=args.keep_samples)
-    print(compare_table(result))
-    _write_outputs(args, result, "plot_compare")
-    return 0
-
-
-def _profile(args, batches, protocol) -> int:
-    from subtune.bench.report import tradeoff_table
-    from subtune.bench.tradeoff import load_profile, measure_tradeoff
-    from subtune.errors import SubtuneError
-    from subtune.formats import load_base
-
-    if len(args.inputs) != 1:
-        raise SubtuneError(f"--profile takes one base file, found {len(args.inputs)} files")
-    if len(batches) != 1:
-        raise SubtuneError(f"--profile measures at one batch size, found --batch {args.batch}")
-    runtime = _runtime_spec(args, batches)
-    base = load_base(args.inputs[0])
-    entries = load_profile(args.profile, arch=base.arch)
-    result = measure_tradeoff(base, entries, batch=batches[0], protocol=protocol, runtime=runtime,
-                              input_size=image_size(args.image_size), threads=args.threads, budget_ms=args.budget_ms)
-    print(tradeoff_table(result))
-    _write_outputs(args, result, "plot_tradeoff")
-    if args.budget_ms is not None and result.chosen is None:
-        cheapest = min(result.points, key=lambda p: p.added_ms)
+        result = _compare(args, batches, common)
+    elif args.profile:
+        result = _profile(args, batches, common)
+    else:
+        result = _model(args, batches, common)
+    print(result.table())
+    for path in result.files:
+        print(f"wrote {path}")
+    if args.profile and args.budget_ms is not None and result.result.chosen is None:
+        cheapest = min(result.result.points, key=lambda p: p.added_ms)
         raise SubtuneError(f"no window adds at most {args.budget_ms:g} ms; the cheapest, blocks {cheapest.label}, "
                            f"adds {cheapest.added_ms:.3f} ms")
     return 0
 
 
-def _write_outputs(args, result, plot_name: str) -> None:
-    from subtune.bench import plots
-    from subtune.bench.report import write_json
-
-    if args.json:
-        write_json(args.json, result)
-        print(f"wrote {args.json}")
-    if args.plot:
-        getattr(plots, plot_name)(result, args.plot)
-        print(f"wrote {args.plot}")
-
-
-def _runtime_spec(args, batches: list[int]):
-    from subtune.bench.variants import RuntimeSpec
+def _model(args, batches, common):
+    from subtune.api import benchmark
     from subtune.errors import SubtuneError
 
-    runtime = args.runtime or "onnxruntime"
-    if args.provider and runtime != "onnxruntime":
-        raise SubtuneError(f"--provider applies to --runtime onnxruntime, not {runtime}")
-    if args.device and runtime != "torch":
-        raise SubtuneError(f"--device applies to --runtime torch, not {runtime} (ONNX Runtime takes --provider)")
-    if args.cuda_graph and runtime != "tensorrt":
-        raise SubtuneError("--cuda-graph applies to --runtime tensorrt")
-    if runtime == "tensorrt":
-        from subtune.runtimes.tensorrt import tensorrt_unavailable_reason
+    if len(args.inputs) != 1:
+        raise SubtuneError(f"expected one model file, found {len(args.inputs)} files; to compare a base and tasks, "
+                           "add --compare")
+    if args.image_size:
+        raise SubtuneError("--image-size applies to --compare/--profile; a model file has its own input size")
+    if args.runtime:
+        raise SubtuneError("--runtime applies to --compare/--profile; a model file's suffix picks its runtime "
+                           "(.onnx: ONNX Runtime, .plan: TensorRT)")
+    return benchmark(args.inputs[0], batches=batches, provider=args.provider, cuda_graph=args.cuda_graph,
+                     keep_samples=args.keep_samples, **common)
 
-        reason = tensorrt_unavailable_reason()
-        if reason:
-            raise SubtuneError(f"--runtime tensorrt: {reason}")
-    # TensorRT engines get one profile spanning the timed batch sizes, tuned for the largest
-    return RuntimeSpec(runtime, provider=args.provider or "cpu", device=args.device or "cpu",
-                       cuda_graph=args.cuda_graph, batch_range=(min(batches), max(batches), max(batches)))
+
+def _compare(args, batches, common):
+    from subtune.api import benchmark_compare
+    from subtune.errors import SubtuneError
+
+    if len(args.inputs) < 2:
+        raise SubtuneError("--compare needs a base file and at least one task file")
+    counts = int_list(args.task_counts, "--task-counts", positive=True) if args.task_counts else None
+    return benchmark_compare(args.inputs[0], args.inputs[1:], batches=batches, runtime=args.runtime or "onnxruntime",
+                             provider=args.provider, device=args.device, cuda_graph=args.cuda_graph,
+                             task_counts=counts, image_size=image_size(args.image_size),
+                             keep_samples=args.keep_samples, plot=args.plot, **common)
+
+
+def _profile(args, batches, common):
+    from subtune.api import benchmark_profile
+    from subtune.errors import SubtuneError
+
+    if len(args.inputs) != 1:
+        raise SubtuneError(f"--profile takes one base file, found {len(args.inputs)} files")
+    if len(batches) != 1:
+        raise SubtuneError(f"--profile measures at one batch size, found --batch {args.batch}")
+    return benchmark_profile(args.inputs[0], args.profile, batch=batches[0], runtime=args.runtime or "onnxruntime",
+                             provider=args.provider, device=args.device, cuda_graph=args.cuda_graph,
+                             image_size=image_size(args.image_size), budget_ms=args.budget_ms, plot=args.plot,
+                             **common)

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,86 +37,22 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subtune.atomic import check_writable, write_text
-    from subtune.errors import SubtuneError
-    from subtune.formats import load_base, load_task, save_task, validate_task
-    from subtune.pruning.prune import prune_task
+    from subtune.api import prune
 
-    options = pruning_options(args)
-    out = check_writable(args.output)
-    report_path = check_writable(Path(args.report) if args.report else out.with_suffix(".report.json"))
-    if report_path.resolve() == out.resolve():
-        raise SubtuneError(f"--report {report_path} is the same file as -o {out}: choose another report path")
-    base, task = load_base(args.base), load_task(args.task)
-    if task.taps is not None:
-        raise SubtuneError(f"{args.task} is a tap task (Head2Toe or linear probe): it tunes no blocks, so there are "
-                           "no channels to prune; prune a SubTuning or LoRA task")
-    backbone = frozen_backbone(base)
-    validate_task(task, base, backbone)
-    data = TaskData(args, task, base, backbone) if args.data else None
-    result = prune_task(task, base, options, backbone=backbone)
-    pruned, report = result.task, dict(result.report)
-    if data:
-        report["accuracy"] = {"unpruned": data.accuracy(task), "pruned": data.accuracy(pruned)}
-        if data.config:
-            pruned = data.recover(pruned)
-            report["accuracy"]["recovered"] = data.accuracy(pruned)
-            report["recovery"] = data.config.to_meta()
-        report["data"] = data.describe()
-    save_task(out, pruned)
-    report = {"task": args.task, "output": str(out), **report}
-    write_text(report_path, json.dumps(report, indent=2))
-    print(summary(report))
-    print(f"wrote {out}; report: {report_path}")
+    result = prune(args.base, args.task, args.output, ratio=args.ratio, norm=args.norm, scope=args.scope,
+                   round_to=args.round_to, heads=not args.no_heads, data=args.data, label_map=args.label_map,
+                   limit=args.limit, test_limit=args.test_limit, epochs=args.epochs, lr=args.lr,
+                   batch_size=args.batch_size, seed=args.seed, report=args.report or True)
+    print(summary(result.report))
+    print(f"wrote {result.output}; report: {result.report_path}")
     return 0
 
 
-def pruning_options(args: argparse.Namespace):
-    from subtune.pruning.plan import PruneOptions
-
-    return PruneOptions(args.ratio, args.norm, args.scope, args.round_to, heads=not args.no_heads).check()
-
-
 def frozen_backbone(base):
-    from subtune.training.network import freeze
+    """The base's backbone, frozen (kept here for scripts that import it from the command)."""
+    from subtune.api._prune import frozen_backbone as frozen
 
-    _, backbone = base.build()
-    return freeze(backbone)
-
-
-class TaskData:
-    """Train and test data for one task, cached before its first tuned block (loaded once)."""
-
-    def __init__(self, args: argparse.Namespace, task, base, backbone):
-        from subtune.training.trainer import TrainConfig, default_epochs
-
-        self.backbone, self.base, self.spec = backbone, base, args.data
-        self.test = self._cached(args, task, "test", args.test_limit)
-        self.config, self.train = None, None
-        if args.epochs != 0:
-            self.train = self._cached(args, task, "train", args.limit)
-            epochs = args.epochs if args.epochs is not None else default_epochs(len(self.train))
-            self.config = TrainConfig(epochs=epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-
-    def _cached(self, args: argparse.Namespace, task, split: str, limit: int | None):
-        from subtune.pruning.recover import CachedData, load_task_data
-
-        images, labels = load_task_data(task, self.base, args.data, split, limit=limit, seed=args.seed,
-                                        label_map=args.label_map)
-        return CachedData(self.backbone, task.first, images, labels, siamese=task.siamese)
-
-    def accuracy(self, task) -> float:
-        from subtune.pruning.recover import accuracy
-
-        return accuracy(task, self.backbone, self.test)
-
-    def recover(self, task):
-        from subtune.pruning.recover import recover
-
-        return recover(task, self.base, self.backbone, self.train, self.config)
-
-    def describe(self) -> dict:
-        return {"spec": self.spec, "train_images": len(self.train) if self.train else 0, "test_images": len(self.test)}
+    return frozen(base)
 
 
 def summary(report: dict) -> str:

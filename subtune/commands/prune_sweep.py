@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,47 +22,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import contextlib
+    from subtune.api import prune_sweep
+    from subtune.pruning.sweep import sweep_table
 
-    from tqdm import tqdm
-
-    from subtune.atomic import check_writable, write_text
-    from subtune.commands.prune import TaskData, frozen_backbone
-    from subtune.formats import load_base, load_task, validate_task
-    from subtune.pruning.plan import PruneOptions
-    from subtune.pruning.sweep import plot_sweep, run_sweep, sweep_table
-
-    ratios = _floats(args.ratios)
-    scopes = _choices(args.scopes, ("local", "global"), "--scopes")
-    norms = _choices(args.norms, ("l1", "l2"), "--norms")
-    for r in ratios:
-        PruneOptions(r, norms[0], scopes[0], args.round_to).check()
-    out = check_writable(args.output)
-    plot_path = check_writable(Path(args.plot) if args.plot else out.with_suffix(".png"))
-    base, task = load_base(args.base), load_task(args.task)
-    backbone = frozen_backbone(base)
-    validate_task(task, base, backbone)
-    data = TaskData(args, task, base, backbone)
-    total = len(ratios) * len(scopes) * len(norms)
-    with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(tqdm(total=total, desc="pruning sweep [serial]", unit="point", disable=None))
-
-        def on_ray(work):
-            from subtune.cluster import RayMap
-
-            pool = stack.enter_context(RayMap(work, address=None if args.ray == "local" else args.ray,
-                                              cpus_per_run=args.ray_cpus_per_run, gpus_per_run=args.ray_gpus_per_run))
-            bar.set_description(f"pruning sweep [{pool.describe()}]")
-            return pool
-
-        sweep = run_sweep(task, base, backbone, data.test, train=data.train, config=data.config, ratios=ratios,
-                          scopes=scopes, norms=norms, round_to=args.round_to, on_point=lambda _: bar.update(1),
-                          executor=on_ray if args.ray else None)
-    result = {"task": args.task, "data": data.describe(), **sweep.to_json()}
-    write_text(out, json.dumps(result, indent=2))
-    plot_sweep(sweep, plot_path)
-    print(sweep_table(sweep))
-    print(f"wrote {out} and {plot_path}")
+    result = prune_sweep(args.base, args.task, args.data, args.output, ratios=_floats(args.ratios),
+                         scopes=_choices(args.scopes, ("local", "global"), "--scopes"),
+                         norms=_choices(args.norms, ("l1", "l2"), "--norms"), round_to=args.round_to,
+                         plot=args.plot or True, label_map=args.label_map, limit=args.limit,
+                         test_limit=args.test_limit, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                         seed=args.seed, ray=args.ray, ray_cpus_per_run=args.ray_cpus_per_run,
+                         ray_gpus_per_run=args.ray_gpus_per_run, progress=True)
+    print(sweep_table(result.sweep))
+    print(f"wrote {result.output} and {result.plot_path}")
     return 0
 
 

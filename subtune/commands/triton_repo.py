@@ -29,12 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from subtune.serving.repository import RepoOptions, write_repository
+    from subtune.api import triton_repo
 
-    opts = RepoOptions(name=args.name, backend=args.backend, max_batch_size=args.max_batch_size,
-                       instances=args.instances, device=args.device, dynamic_batching=not args.no_dynamic_batching,
-                       queue_delay_us=args.queue_delay_us, preprocess=args.preprocess, ort_threads=args.threads)
-    repo = write_repository(args.graph, args.output, opts, overwrite=args.force)
+    repo = triton_repo(args.graph, args.output, name=args.name, backend=args.backend,
+                       max_batch_size=args.max_batch_size, instances=args.instances, device=args.device,
+                       dynamic_batching=not args.no_dynamic_batching, queue_delay_us=args.queue_delay_us,
+                       threads=args.threads, preprocess=args.preprocess, overwrite=args.force)
     if args.json:
         print(json.dumps(repo.describe(), indent=2))
         return 0

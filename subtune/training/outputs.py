@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 
 import subtune
-from subtune.formats import RESERVED_NAMES, BaseModel, fingerprint, make_tap_task, make_task, save_dict, save_task
+from subtune.formats import (RESERVED_NAMES, BaseModel, TaskDelta, fingerprint, make_tap_task, make_task, save_dict,
+                             save_task)
 from subtune.models.blocks import block_span
 from subtune.training.trainer import TrainResult
 
@@ -39,15 +40,41 @@ def task_name_from(path: str) -> str:
 
 def write_result(path: str, base: BaseModel, result: TrainResult, *, name: str, classes: list[str],
                  meta: dict) -> str:
-    """Write the file for `result`; returns what was written, in words."""
-    meta = {**meta, "mode": result.mode, "subtune_version": subtune.__version__}
+    """Write the file for `result` (atomically); returns what was written, in words."""
+    model, what = result_model(base, result, name=name, classes=classes, meta=meta)
+    save_model(path, model, base, result, classes=classes, meta=meta)
+    return what
+
+
+def save_model(path: str, model: BaseModel | TaskDelta, base: BaseModel, result: TrainResult, *,
+               classes: list[str], meta: dict) -> None:
+    """Write what `result_model` made: a task file, or a full model in the base-file format."""
+    if isinstance(model, BaseModel):
+        save_dict(path, full_model_dict(model, base, classes, model_meta(result, meta)))
+    else:
+        save_task(path, model)
+
+
+def model_meta(result: TrainResult, meta: dict) -> dict:
+    return {**meta, "mode": result.mode, "subtune_version": subtune.__version__}
+
+
+def full_model_dict(model: BaseModel, base: BaseModel, classes: list[str], meta: dict) -> dict:
+    """A fully finetuned model in the base-file format, marked as such."""
+    return {**model.to_dict(), "kind": FULL_KIND, "finetuned_from": base.fingerprint, "classes": list(classes),
+            "meta": meta}
+
+
+def result_model(base: BaseModel, result: TrainResult, *, name: str, classes: list[str],
+                 meta: dict) -> tuple[BaseModel | TaskDelta, str]:
+    """What training produced, in memory: a TaskDelta, or (mode full) a BaseModel of the whole
+    finetuned model; and what it is, in words."""
+    meta = model_meta(result, meta)
     net = result.net
     if result.mode == "full":
         state = {k: v.detach().cpu().clone().contiguous() for k, v in net.model.state_dict().items()}
         model = BaseModel(base.arch, dict(net.arch_kwargs), state, fingerprint(state))
-        save_dict(path, {**model.to_dict(), "kind": FULL_KIND, "finetuned_from": base.fingerprint,
-                         "classes": list(classes), "meta": meta})
-        return f"a fully finetuned model (base-file format, kind {FULL_KIND!r}; not a task delta)"
+        return model, f"a fully finetuned model (base-file format, kind {FULL_KIND!r}; not a task delta)"
     size = tuple(meta["preprocess"]["image_size"]) if isinstance(meta.get("preprocess"), dict) else None
     if result.mode == "linear":
         bb = net.backbone
@@ -68,11 +95,10 @@ def write_result(path: str, base: BaseModel, result: TrainResult, *, name: str, 
     else:
         task = make_task(base, name, result.blocks, list(net.tuned), net.head, siamese=net.siamese,
                          classes=list(classes), meta=meta)
-    save_task(path, task)
     if task.taps is not None:
         points = task.tap_points
-        return (f"tap task {task.name!r} ({result.mode}): a head on {task.head['weight'].shape[1]} features pooled from "
-                f"{len(points)} point{'s' if len(points) > 1 else ''} of the base, no forked blocks")
+        return task, (f"tap task {task.name!r} ({result.mode}): a head on {task.head['weight'].shape[1]} features "
+                      f"pooled from {len(points)} point{'s' if len(points) > 1 else ''} of the base, no forked blocks")
     which = f"blocks {block_span(task.blocks)}" if len(task.blocks) > 1 else f"block {task.blocks[0]}"
-    return f"task {task.name!r} on {which}" + (" (siamese)" if task.siamese else "") + \
+    return task, f"task {task.name!r} on {which}" + (" (siamese)" if task.siamese else "") + \
         (" (LoRA merged)" if result.mode == "lora" else "")

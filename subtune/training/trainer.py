@@ -10,6 +10,7 @@ the cached and full-forward paths consume them identically.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -105,7 +106,7 @@ class Trainer:
                  *, config: TrainConfig | None = None, cache_dir: str | None = None,
                  memory_budget: int | None = None, log: Callable[[str], None] | None = None):
         self.base, self.config = base, config or TrainConfig()
-        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.log = log or logging.getLogger("subtune").warning
         self.data = {"train": train, "val": val, **({"test": test} if test is not None else {})}
         for split, ds in self.data.items():
             if len(ds) == 0 or not ds.labelled:

@@ -1,11 +1,5 @@
-"""The Python API: what `subtune-compile` does, as one function that takes paths or loaded
-objects and returns a result. The command line parses arguments, calls this and prints.
-
-    import subtune
-
-    result = subtune.compile("base.pt", ["dogs.pt", "cats.pt"], "model.onnx")
-    result.files          # [model.onnx, model.report.json] (+ model.onnx.data over 2 GiB)
-    result.report["verification"]["checks"]
+"""`subtune.compile`: what `subtune-compile` does, as one function that takes paths or loaded
+objects and returns a result.
 
 Everything is written atomically (a temporary file renamed into place): a failed compile
 leaves no model behind. A failed verification still writes the report, with the failing table.
@@ -21,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from subtune.api._common import _batches, _image_size, _load_base, _load_task, _same_file, _where
 from subtune.errors import SubtuneError, VerificationError
 
 if TYPE_CHECKING:
@@ -121,7 +116,7 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
         precision.engine = precision.engine or engine  # --int8-target auto: the tensorrt form for engines
         precision = precision.check()
 
-    from subtune.compiler.pipeline import CompileOptions, compile_plan
+    from subtune.compiler.pipeline import CompileOptions
     from subtune.compiler.plan import Plan
 
     base_model = _load_base(base)
@@ -222,32 +217,6 @@ def _describe(plan, base, tasks) -> dict[str, Any]:
             "input_size": list(plan.input_size) if plan.input_size else None}
 
 
-def _where(obj) -> str:
-    if isinstance(obj, (str, os.PathLike)):
-        return str(obj)
-    return getattr(obj, "path", None) or f"<in memory: {getattr(obj, 'name', None) or getattr(obj, 'arch', '?')}>"
-
-
-def _load_base(base):
-    from subtune.formats import BaseModel, load_base
-
-    if isinstance(base, BaseModel):
-        return base
-    if isinstance(base, (str, os.PathLike)):
-        return load_base(base)
-    raise SubtuneError(f"base: expected a path or a subtune.formats.BaseModel, found {type(base).__name__}")
-
-
-def _load_task(task):
-    from subtune.formats import TaskDelta, load_task
-
-    if isinstance(task, TaskDelta):
-        return task
-    if isinstance(task, (str, os.PathLike)):
-        return load_task(task)
-    raise SubtuneError(f"task: expected a path or a subtune.formats.TaskDelta, found {type(task).__name__}")
-
-
 def _prune_options(prune):
     if prune is None:
         return None
@@ -258,23 +227,3 @@ def _prune_options(prune):
     if not isinstance(prune, PruneOptions):
         raise SubtuneError(f"prune: expected a fraction or PruneOptions, found {type(prune).__name__}")
     return prune.check()
-
-
-def _batches(values, what: str) -> tuple[int, ...]:
-    values = tuple(values)
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-        raise SubtuneError(f"{what} expects positive batch sizes, found {list(values)}")
-    return values
-
-
-def _image_size(size) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    values = (size,) if isinstance(size, int) else tuple(size)
-    if len(values) not in (1, 2) or not all(isinstance(v, int) and v >= 1 for v in values):
-        raise SubtuneError(f"image size expects H or (H, W) in pixels, found {size!r}")
-    return (values[0], values[-1])
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    return os.path.abspath(a) == os.path.abspath(b) or (a.exists() and b.exists() and os.path.samefile(a, b))

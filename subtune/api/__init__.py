@@ -1,0 +1,54 @@
+"""The Python API: every command's work as one function that takes paths or loaded objects,
+writes atomically (a temporary file renamed into place) and returns a result with its report.
+The command line parses arguments, calls one of these and prints.
+
+    import subtune
+
+    trained = subtune.train("base.pt", "imagefolder:dogs", "dogs.pt", blocks="layer3")
+    result = subtune.compile("base.pt", [trained.task], "model.onnx")
+
+    compile(base, tasks, output, ...)            -> CompileResult   `subtune-compile`
+    train(base, data, output=None, ...)          -> TrainResult     `subtune train`
+    prune(base, task, output=None, ratio=...)    -> PruneResult     `subtune prune`
+    prune_sweep(base, task, data, output, ...)   -> SweepResult     `subtune prune-sweep`
+    select(base, task, pool, budget, ...)        -> SelectResult    `subtune select` (active learning)
+    benchmark(model, ...)                        -> BenchResult     `subtune-bench MODEL`
+    benchmark_compare(base, tasks, ...)          -> BenchResult     `subtune-bench --compare`
+    benchmark_profile(base, profile, ...)        -> BenchResult     `subtune-bench --profile`
+    triton_repo(graph, output, ...)              -> Repository      `subtune triton-repo`
+
+User errors raise subtune.errors.SubtuneError (one line, says what to do). Progress and what
+was written are logged on the "subtune" logger; nothing here prints. (`benchmark` is not
+`bench`: `subtune.bench` is the benchmarking package.)
+
+Each verb lives in its own module, imported on first use, and heavy libraries (torch, onnx,
+onnxruntime) inside the functions, so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# public name -> the module under subtune.api that defines it
+WHERE = {
+    "compile": "_compile", "CompileResult": "_compile",
+    "train": "_train", "TrainResult": "_train",
+    "prune": "_prune", "PruneResult": "_prune", "prune_sweep": "_prune", "SweepResult": "_prune",
+    "select": "_select", "SelectResult": "_select",
+    "benchmark": "_bench", "benchmark_compare": "_bench", "benchmark_profile": "_bench", "BenchResult": "_bench",
+    "triton_repo": "_serving", "Repository": "_serving",
+}
+
+__all__ = sorted(WHERE)
+
+
+def __getattr__(name: str):
+    if name in WHERE:
+        value = getattr(importlib.import_module(f"subtune.api.{WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'subtune.api' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *WHERE})
