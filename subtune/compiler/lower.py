@@ -4,6 +4,12 @@ The module holds the base model once and one small module per task (its tuned bl
 head). Fork, merge and split are submodules with readable names; the exported ONNX nodes keep
 those names in their scope, which the clean-up pass uses to name them.
 
+Stream roles: `stream_roles()` says which stream each part computes (the base network, a task,
+a fork, a merge, the split: subtune/passes/record_stream_roles.py), by module path. The forward
+does no tensor arithmetic of its own, only calls to those parts and the base network's, so every
+exported node lies inside one of them; RecordStreamRolesPass stores the role in each node, and
+INT8 base pinning reads it there (subtune/quantization/base_stream.py).
+
 Tap tasks (Head2Toe, the linear probe; formats.TaskDelta) do not fork: their branch reads the
 base chunk of the shared stream right after the shared block that produces each tapped point
 (the features for point N + 2), pools, concatenates, gathers the selected features and
@@ -19,6 +25,7 @@ from subtune.compiler.schedule import Fork, Merge, RunBlock, Schedule
 from subtune.delta.modules import TapHead, task_blocks, task_head
 from subtune.formats import TaskDelta
 from subtune.models import Backbone
+from subtune.passes.record_stream_roles import BASE, MERGE, SPLIT, TAP, fork_role, task_role
 
 
 class TaskBranch(nn.Module):
@@ -34,6 +41,10 @@ class TaskBranch(nn.Module):
     def block(self, number: int) -> nn.Module:
         return self.blocks[number - self.first]
 
+    def forward(self, base_features: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The task's logits from its chunk of the final features (Siamese: beside the base's)."""
+        return self.head(torch.cat([base_features, features], dim=1) if self.siamese else features)
+
 
 class TapBranch(nn.Module):
     """A tap task's part of the graph: no blocks, a head on the base's activations."""
@@ -44,6 +55,9 @@ class TapBranch(nn.Module):
     def __init__(self, task: TaskDelta):
         super().__init__()
         self.taps = TapHead(task)
+
+    def forward(self, taps: dict[int, torch.Tensor]) -> torch.Tensor:
+        return self.taps(taps)
 
 
 class ForkStream(nn.Module):
@@ -116,6 +130,20 @@ class MultiTaskModel(nn.Module):
         self._fork_names = list(self.forks)
         self._merge_names = list(self.merges)
         self.base_chunks_points = {p for p in self.tap_points if p <= backbone.num_blocks + 1}
+        self._roles = {"base": BASE, **{f"tasks.{i}": task_role(t.name) for i, t in enumerate(tasks)}}
+        for step, name in zip((s for s in schedule.steps if isinstance(s, Fork)), self._fork_names):
+            self._roles[f"forks.{name}"] = fork_role(tasks[step.task].name)
+        self._roles.update({f"merges.{name}": MERGE for name in self._merge_names})
+        merged = {t for s in schedule.steps if isinstance(s, Merge) for t in s.tasks}
+        if any(t is not None and t not in merged for t in schedule.final_chunks):
+            self._roles["final_merge"] = MERGE  # tasks that end at the last block join before the neck
+        if len(schedule.final_chunks) > 1:
+            self._roles["split_heads"] = SPLIT
+        self._roles.update({f"base_chunks.{name}": TAP for name in self.base_chunks})
+
+    def stream_roles(self) -> dict[str, str]:
+        """Module path of each stream part that runs -> its role (record_stream_roles.py)."""
+        return dict(self._roles)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bb = self.backbone
@@ -146,9 +174,5 @@ class MultiTaskModel(nn.Module):
         taps[bb.num_blocks + 2] = base_features
         outputs = [bb.classifier(base_features)]
         for t, branch in enumerate(self.tasks):
-            if branch.tap:
-                outputs.append(branch.taps(taps))
-                continue
-            f = by_stream[t]
-            outputs.append(branch.head(torch.cat([base_features, f], dim=1) if branch.siamese else f))
+            outputs.append(branch(taps) if branch.tap else branch(base_features, by_stream[t]))
         return tuple(outputs)

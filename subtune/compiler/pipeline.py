@@ -42,7 +42,7 @@ from subtune.compiler.verify import checks_to_json, verify
 from subtune.errors import SubtuneError, VerificationError
 from subtune.formats import check_preprocess, validate_task
 from subtune.passes import (AttachMetadataPass, CheckTensorRTCompatPass, NameBatchDimPass, NameStreamNodesPass,
-                            StripExportMetadataPass)
+                            RecordStreamRolesPass, StripExportMetadataPass)
 
 if TYPE_CHECKING:
     from subtune.pruning.plan import PruneOptions
@@ -166,6 +166,7 @@ def clean_up(plan: Plan, options: CompileOptions) -> None:
     forks = {s.task: f"fork_{plan.tasks[s.task].name}_before_block{s.block}"
              for s in plan.schedule.steps if isinstance(s, Fork)}
     passes = ir.passes.Sequential(
+        RecordStreamRolesPass(plan.module.stream_roles()),  # what quantisation reads; needs the exporter's scopes
         NameStreamNodesPass(forks),
         NameBatchDimPass(),
         StripExportMetadataPass(),

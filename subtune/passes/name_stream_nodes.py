@@ -9,6 +9,10 @@ Rules, by the exporter's module scope recorded on each node (`pkg.torch.onnx.nam
      found inside `tasks.<i>.blocks.0`, is named after that task's fork.
 Names elsewhere are left alone. The pass needs the scope metadata, so it runs before
 StripExportMetadataPass.
+
+The names are for people (reports, graph viewers) only: nothing depends on them for
+correctness. Which stream a node belongs to is recorded explicitly by RecordStreamRolesPass
+(record_stream_roles.py), and that is what quantisation reads.
 """
 
 from __future__ import annotations
@@ -19,19 +23,10 @@ from collections import Counter
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
 
-SCOPE_KEY = "pkg.torch.onnx.name_scopes"
+from subtune.passes.record_stream_roles import SCOPE_KEY, module_scopes  # noqa: F401 (SCOPE_KEY)
+
 STREAM_SCOPE = re.compile(r"^(merges\.(merge_after_block\d+)|final_merge|split_heads|forks\.(fork_.+_before_block\d+))$")
 TASK_FIRST_BLOCK = re.compile(r"^tasks\.(\d+)\.blocks\.0(\.|$)")
-
-
-def _scopes(node: ir.Node) -> list[str]:
-    raw = node.metadata_props.get(SCOPE_KEY)
-    if not raw:
-        return []
-    try:
-        return [s for s in __import__("json").loads(raw) if s]
-    except ValueError:
-        return [s for s in raw.strip("[]").replace("'", "").split(", ") if s]
 
 
 class NameStreamNodesPass(InPlacePass):
@@ -55,11 +50,11 @@ class NameStreamNodesPass(InPlacePass):
         return PassResult(model, modified=bool(renamed))
 
     def _stream_name(self, node: ir.Node) -> str | None:
-        for scope in _scopes(node):
+        for scope in module_scopes(node):
             m = STREAM_SCOPE.match(scope)
             if m:  # rules 1 and 2
                 return f"{m.group(2) or m.group(3) or m.group(1)}/{node.op_type}"
-        for scope in _scopes(node):  # rule 3
+        for scope in module_scopes(node):  # rule 3
             m = TASK_FIRST_BLOCK.match(scope)
             if m and node.op_type in ("Reshape", "Gather") and self._is_fork_op(node, scope):
                 fork = self.fork_names.get(int(m.group(1)))
@@ -75,5 +70,5 @@ class NameStreamNodesPass(InPlacePass):
             return (axis is None or axis.as_int() == 0) and producer is not None and producer.op_type == "Reshape"
         # Reshape: its data comes from outside the task (the shared stream), it feeds a Gather.
         producer = node.inputs[0].producer() if node.inputs[0] is not None else None
-        outside = producer is None or scope not in _scopes(producer)
+        outside = producer is None or scope not in module_scopes(producer)
         return outside and any(c.op_type == "Gather" for c in node.outputs[0].consumers())

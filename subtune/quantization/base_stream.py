@@ -7,14 +7,18 @@ parameters the base alone would get. This module finds those tensors and cuts th
 graph of their own, which is then calibrated on its own.
 
 `extract_base_stream` is a transform: it returns a new model and leaves its input alone. Rules,
-over the stream nodes the compiler names (subtune/passes/name_stream_nodes.py):
+over the stream roles the compiler records in each node (`subtune.stream_role`, written by
+subtune/passes/record_stream_roles.py from the lowering's own account of its streams; node names
+are cosmetic and play no part):
   1. The only output is `base`.
-  2. A merge (`merge_after_blockK/Concat`, `final_merge/Concat`) on the base path is bypassed:
-     its consumers read its input 0, the shared stream whose rows come first in the merge.
-  3. The split (`split_heads/*`) hands the base classifier chunk 0; with one stream left, chunk
+  2. A merge (role `merge`: a Concat on the batch axis) on the base path is bypassed: its
+     consumers read its input 0, the shared stream whose rows come first in the merge.
+  3. The split (role `split`) hands the base classifier chunk 0; with one stream left, chunk
      0 is the split's input itself, flattened to the features' rank 2. The flattened value keeps
      the chunk's name.
   4. Everything else the base output does not depend on (forks, task blocks, task heads) goes.
+A graph with no recorded roles (compiled by a subtune from before they were recorded) is refused
+with a SubtuneError that says to recompile it.
 Values keep their names, so a range measured on the base stream applies to the same-named value
 of the multi-task graph. Values the base stream no longer has (merge outputs and the split's
 intermediates on the base path) are listed in `aliases`, mapped to the base-stream value whose
@@ -31,8 +35,9 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-MERGE_PREFIXES = ("merge_after_block", "final_merge")
-SPLIT_PREFIX = "split_heads/"
+from subtune.errors import SubtuneError
+from subtune.passes.record_stream_roles import BASE, MERGE, ROLE_KEY, SPLIT, stream_role
+
 TASK_PARAMETER_PREFIX = "tasks."  # lower.MultiTaskModel keeps task weights under `tasks`
 
 
@@ -43,11 +48,20 @@ class BaseStream:
 
 
 def is_merge(node: ir.Node) -> bool:
-    return node.op_type == "Concat" and (node.name or "").startswith(MERGE_PREFIXES)
+    return node.op_type == "Concat" and stream_role(node) == MERGE
 
 
 def is_split(node: ir.Node) -> bool:
-    return (node.name or "").startswith(SPLIT_PREFIX)
+    return stream_role(node) == SPLIT
+
+
+def check_stream_roles(model: ir.Model) -> None:
+    """Refuse a graph whose nodes carry no stream roles: without them the base stream cannot be
+    told from the tasks', and the base output would not be pinned."""
+    if not any(stream_role(node) is not None for node in model.graph):
+        raise SubtuneError(f"the graph records no stream roles (node metadata {ROLE_KEY!r}): it was compiled by an "
+                           "older subtune or its node metadata was stripped; recompile it with this version "
+                           "(subtune compile) before quantising it to int8")
 
 
 def base_output(model: ir.Model) -> ir.Value:
@@ -59,8 +73,9 @@ def base_output(model: ir.Model) -> ir.Value:
 
 def base_path(model: ir.Model) -> set[str]:
     """Names of the non-constant values `base` depends on (a merge's task inputs excluded)."""
-    seen: set[str] = set()
     stack = [base_output(model)]
+    check_stream_roles(model)
+    seen: set[str] = set()
     while stack:
         value = stack.pop()
         if value.name in seen or _is_constant(value):
@@ -75,6 +90,8 @@ def base_path(model: ir.Model) -> set[str]:
 
 
 def extract_base_stream(model: ir.Model) -> BaseStream:
+    base_output(model)
+    check_stream_roles(model)
     stream = model.clone()
     graph = stream.graph
     aliases: dict[str, str] = {}
@@ -84,20 +101,21 @@ def extract_base_stream(model: ir.Model) -> BaseStream:
             aliases[out.name] = aliases.get(shared.name, shared.name)
             out.replace_all_uses_with(shared)
     base = base_output(stream)
-    chunk_name = _bypass_split(graph, base, aliases)  # rule 3
+    split = _bypass_split(graph, base, aliases)  # rule 3
     graph.outputs.clear()  # rule 1
     graph.outputs.append(base)
     RemoveUnusedNodesPass()(stream)  # rule 4
-    if chunk_name is not None:
-        flat = next(n for n in graph if n.name == "base_stream/Flatten")
+    if split is not None:
+        chunk_name, flat = split
         flat.outputs[0].name = chunk_name  # the old chunk's producer is gone now: the name is free
     leaked = sorted(name for name in graph.initializers if name.startswith(TASK_PARAMETER_PREFIX))
-    if leaked:  # a stream node the compiler did not name would pull task layers in
+    if leaked:  # a stream node without its role would pull task layers in
         raise RuntimeError(f"internal error: the base stream still depends on task parameters {leaked[:3]}")
     return BaseStream(stream, aliases)
 
 
-def _bypass_split(graph: ir.Graph, base: ir.Value, aliases: dict[str, str]) -> str | None:
+def _bypass_split(graph: ir.Graph, base: ir.Value, aliases: dict[str, str]) -> tuple[str, ir.Node] | None:
+    """Rule 3: returns the base chunk's name and the Flatten that now computes it."""
     split_nodes = [n for n in graph if is_split(n)]
     if not split_nodes:
         return None  # one stream at the end: no split
@@ -115,11 +133,12 @@ def _bypass_split(graph: ir.Graph, base: ir.Value, aliases: dict[str, str]) -> s
         value = next(v for v in value.producer().inputs if v is not None and not _is_constant(v))
     aliases.pop(chunk.name)  # the chunk keeps its name in the base stream
     consumer = next(iter(chunk.consumers()))
-    flat = ir.node("Flatten", [source], attributes={"axis": 1}, name="base_stream/Flatten")
+    flat = ir.node("Flatten", [source], attributes={"axis": 1}, name="base_stream/Flatten",
+                   metadata_props={ROLE_KEY: BASE})
     graph.insert_before(consumer, flat)
     flat.outputs[0].shape, flat.outputs[0].type = chunk.shape, chunk.type
     chunk.replace_all_uses_with(flat.outputs[0])
-    return chunk.name
+    return chunk.name, flat
 
 
 def _base_chunk(base: ir.Value, inside: set[ir.Value]) -> ir.Value:

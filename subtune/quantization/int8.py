@@ -14,7 +14,8 @@ in float:
               as float convolutions on dequantised values, and which ones depends on the graph.
 
 Pinning, so that adding tasks never changes the base output:
-  1. The base stream (base_stream.py) is calibrated alone: the base's ranges.
+  1. The base stream (base_stream.py: found by the stream roles the compiler records in each
+     node, not by node names) is calibrated alone: the base's ranges.
   2. The multi-task graph is calibrated as it runs: each task branch gets its own ranges.
   3. Every tensor on the base path takes the base's range, by name or through the stream's
      aliases (merge outputs, split intermediates). The shared layers after a merge see the task

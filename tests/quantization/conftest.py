@@ -9,6 +9,8 @@ task `z` forking before block 2 and ending there, the split at the end.
     f -> ReduceMean -> split_heads/{Reshape, Slice_k, Squeeze_k} -> heads base, a, z
 
 `tiny_base_only()` is the same base network with no tasks, built separately (other value names).
+Both record each node's stream role as the compiler does (subtune/passes/record_stream_roles.py):
+the roles, not the names, tell quantisation which nodes merge and split the streams.
 The real-model fixtures compile torchvision ResNet-18 at 32 px once per session.
 """
 
@@ -19,6 +21,8 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from subtune.passes.record_stream_roles import ROLE_KEY
 
 C, SIZE, CLASSES = 4, 8, 5
 
@@ -66,7 +70,31 @@ class _Builder:
         outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", n]) for name, n in outputs]
         g = helper.make_graph(self.nodes, "main_graph", [x], outs, initializer=self.inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
-        return ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(m))
+        model = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(m))
+        for node in model.graph:
+            node.metadata_props[ROLE_KEY] = _role(node)
+        return model
+
+
+TASKS = {"tasks.0.": "task:a", "tasks.1.": "task:z"}
+
+
+def _role(node: ir.Node) -> str:
+    """The role the compiler would record for this hand-built node."""
+    name = node.name or ""
+    if name.startswith(("merge_after_block", "final_merge")):
+        return "merge"
+    if name.startswith("split_heads/"):
+        return "split"
+    if name.startswith("fork_z_"):
+        return "fork:z"
+    for v in node.inputs:
+        for prefix, role in TASKS.items():
+            if v is not None and v.name.startswith(prefix):
+                return role
+    producers = {v.producer() for v in node.inputs if v is not None and v.producer() is not None}
+    roles = {_role(p) for p in producers}
+    return roles.pop() if len(roles) == 1 and roles != {"merge"} and roles != {"split"} else "base"
 
 
 def tiny_graph(seed: int = 0) -> ir.Model:
