@@ -142,9 +142,10 @@ def test_a_failed_save_leaves_neither_file(tmp_path, small_plan, monkeypatch):
 @pytest.mark.slow
 def test_vit_h_14_with_two_tasks_compiles_and_verifies(tmp_path):
     """ViT-H/14 (632 M parameters, 2.4 GiB in fp32) at its own 224x224: over the limit with the
-    base alone. Needs ~25 GB of memory."""
-    if _available_gib() < 28:
-        pytest.skip(f"needs ~25 GB of free memory, {_available_gib():.1f} GiB available")
+    base alone. Run here (2 cores, loaded): 6.8 min, peak resident memory 13.5 GiB, largest
+    relative error 1.6e-6."""
+    if _available_gib() < 16:
+        pytest.skip(f"needs ~14 GiB of free memory, {_available_gib():.1f} GiB available")
     base = make_base("torchvision:vit_h_14", seed=0)
     _, bb = base.build()
     tasks = [synthetic_task(base, "a", [31, 32], seed=1, backbone=bb),
