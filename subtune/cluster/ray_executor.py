@@ -19,14 +19,27 @@
    torch's threads to `cpus_per_run`; the results are the serial ones for the same thread count.
    A worker that dies mid-run (killed, out of memory, a node lost) makes Ray rerun the task, up
    to `max_retries` times; a run that raises is not retried (it would raise again).
-4. Results arrive in completion order and go to `on_done` at once (to be written to disk). On
-   any exit from `run` the tasks still pending are cancelled.
+4. Results arrive in completion order and go to `on_done` at once (to be written to disk). At
+   most as many tasks as the cluster can run at once are submitted; the next one when one ends.
+5. Stopping (Ctrl-C, an error, a run that raises): nothing more is submitted and the pool is
+   left from the main thread, never from a signal handler. While the pool is open, SIGINT only
+   sets a flag (Ray's own calls are never interrupted half-way); the loop sees it within
+   `POLL_SECONDS` and raises KeyboardInterrupt from subtune's code. A local instance we started
+   is then shut down with every process it started (checked by PID, stragglers killed); a
+   cluster we joined is disconnected from, which ends our job and its tasks. Tasks are not
+   force-cancelled: `ray.cancel(force=True)` racing a task that is just finishing aborts the
+   driver inside Ray (Ray 2.60: `Check failed: ... Tried to complete task that was not
+   pending` from `NormalTaskSubmitter::PushNormalTask`'s reply). Only on a connection the
+   caller made (and keeps) are the pending tasks cancelled, without force (a KeyboardInterrupt
+   inside each task), and waited for a few seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
 from typing import Callable
@@ -37,6 +50,8 @@ from subtune.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 TASK_NAME = "subtune_run"  # the worker's process title while it trains: `ray::subtune_run`
+POLL_SECONDS = 0.25  # how often the submit-wait loop looks at the interrupt flag
+SETTLE_SECONDS = 10.0  # bound on waiting for cancelled tasks, and for a local instance's processes to exit
 
 
 def import_ray():
@@ -48,8 +63,8 @@ def import_ray():
 
 
 class RayPool:
-    """The connection (rule 1) and the submit-wait-cancel loop (rules 3, 4) that every kind of
-    work shares."""
+    """The connection (rule 1), the submit-wait loop (rules 3, 4) and stopping (rule 5) that
+    every kind of work shares."""
 
     def __init__(self, *, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0,
                  max_retries: int = 3):
@@ -58,9 +73,13 @@ class RayPool:
         self.address, self.cpus_per_run, self.gpus_per_run = address, cpus_per_run, gpus_per_run
         self.max_retries = max_retries
         self.threads = max(1, int(cpus_per_run))
-        self._connected = self._owns_connection = False
+        self._connected = self._owns_connection = self._local = False
         self.nodes, self.cpus, self.gpus = 0, 0.0, 0.0
         self.workers: list[dict] = []  # per finished run: pid, host, seconds (and what the work adds)
+        self.interrupted = False  # a SIGINT arrived while the pool was open
+        self._delivered = False  # ... and was raised as KeyboardInterrupt
+        self._previous_sigint = None  # the handler to restore; None while ours is not installed
+        self._closing = False  # shutting down: further Ctrl-Cs are ignored until it is done
 
     # ---------------------------------------------------------------- connection (rule 1)
 
@@ -68,11 +87,54 @@ class RayPool:
         self.connect()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        undelivered = self.interrupted and not self._delivered
         self.close()
+        if undelivered and exc_type is None:
+            raise KeyboardInterrupt  # a Ctrl-C after the last run is not lost
+
+    # ---------------------------------------------------------------- Ctrl-C (rule 5)
+
+    def _guard_sigint(self) -> None:
+        """While the pool is open, SIGINT sets `interrupted` instead of raising inside Ray's calls
+        (main thread only: elsewhere Python delivers no signals anyway)."""
+        if self._previous_sigint is not None or threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigint(signum, frame):
+            if self.interrupted and not self._closing:  # a second Ctrl-C before we stop: at once
+                raise KeyboardInterrupt
+            self.interrupted = True
+            log.info("interrupted: stopping the Ray runs")
+
+        self.interrupted = self._delivered = False
+        self._previous_sigint = signal.signal(signal.SIGINT, on_sigint)
+
+    def _release_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _check_interrupt(self) -> None:
+        if self.interrupted:
+            self._delivered = True
+            raise KeyboardInterrupt
 
     def connect(self) -> None:
+        if self._connected:
+            return
         ray = import_ray()
+        self._guard_sigint()  # before ray.init: a Ctrl-C while it starts processes must not leave them behind
+        try:
+            self._connect(ray)
+            self._check_interrupt()
+        except BaseException:
+            self.close()
+            raise
+        if not self._owns_connection:
+            self._release_sigint()  # nothing of ours to protect between runs; _map guards its own loop
+
+    def _connect(self, ray) -> None:
         if ray.is_initialized():
             self._owns_connection = False
         else:
@@ -90,28 +152,35 @@ class RayPool:
                                    "run `ray start --head` on its head node and pass --ray auto or --ray HOST:6379"
                                    ) from None
             self._owns_connection = True
+            self._local = self.address is None
         self._connected = True
         resources = ray.cluster_resources()
         self.cpus, self.gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
         self.nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         biggest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
         if self.cpus_per_run > biggest:
-            self.close()
             raise SubtuneError(f"--ray-cpus-per-run {self.cpus_per_run:g}: the largest node has {biggest:g} CPUs; "
                                "lower it so a run fits on one node")
         if self.gpus_per_run > 0 and not any(n["Resources"].get("GPU", 0.0) >= self.gpus_per_run
                                              for n in ray.nodes() if n.get("Alive")):
-            self.close()
             raise SubtuneError(f"--ray-gpus-per-run {self.gpus_per_run:g}: no node of the cluster has that many GPUs "
                                f"({self.gpus:g} in all); lower it or add GPU nodes")
 
     def close(self) -> None:
-        """Disconnect; a local instance we started stops with its workers. Safe to call twice."""
-        if self._connected and self._owns_connection:
-            import ray
+        """Disconnect; a local instance we started stops with every process it started. Safe to
+        call twice; restores the SIGINT handler."""
+        self._closing = True
+        try:
+            if self._connected and self._owns_connection:
+                import ray
 
-            ray.shutdown()
-        self._connected = False
+                pids = _local_ray_pids(ray) if self._local else []
+                ray.shutdown()
+                if pids:
+                    _reap(pids, SETTLE_SECONDS)
+        finally:
+            self._connected = self._owns_connection = self._local = self._closing = False
+            self._release_sigint()
 
     @property
     def slots(self) -> int:
@@ -128,28 +197,53 @@ class RayPool:
                 + (f", {self.gpus_per_run:g} GPU" if self.gpus_per_run else "") + " each)")
 
     def _map(self, fn: Callable, calls: list[tuple[object, tuple]], on_done: Callable[[object, object], None]) -> None:
-        """Submit `fn(*args)` for every (item, args) and hand each result to on_done(item, result)
-        as it arrives; fn returns (result, worker info)."""
+        """Submit `fn(*args)` for every (item, args), at most `slots` at a time, and hand each
+        result to on_done(item, result) as it arrives; fn returns (result, worker info)."""
         ray = import_ray()
         if not self._connected:
             self.connect()
+        guarded_here = self._previous_sigint is None  # a pool on the caller's connection: for this loop only
+        self._guard_sigint()
+        self._check_interrupt()
         task = ray.remote(fn).options(name=TASK_NAME, num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
                                       max_retries=self.max_retries, retry_exceptions=False)
-        pending = {task.remote(*args): item for item, args in calls}
+        todo = list(reversed(calls))
+        pending: dict = {}
         try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+            while todo or pending:
+                while todo and len(pending) < max(1, self.slots) and not self.interrupted:
+                    item, args = todo.pop()
+                    pending[task.remote(*args)] = item
+                self._check_interrupt()
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
                 for ref in ready:
                     item = pending.pop(ref)
                     result, worker = self._get(ray, ref, item)
                     self.workers.append(worker)
                     on_done(item, result)
+                self._check_interrupt()
         finally:
-            for ref in pending:
+            if pending and not self._owns_connection:
+                self._closing = True
                 try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001 - best effort while unwinding
-                    pass
+                    self._cancel(ray, list(pending))
+                finally:
+                    self._closing = False
+            if guarded_here:
+                self._release_sigint()
+
+    def _cancel(self, ray, refs: list) -> None:
+        """Stop tasks on a connection the caller keeps: without force (see rule 5), then wait a
+        bounded time for them to end so that their CPUs are free again."""
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=False)
+            except Exception:  # noqa: BLE001 - best effort while unwinding
+                pass
+        try:
+            ray.wait(refs, num_returns=len(refs), timeout=SETTLE_SECONDS)
+        except Exception:  # noqa: BLE001
+            pass
 
     def _get(self, ray, ref, item):
         try:
@@ -163,6 +257,62 @@ class RayPool:
             name = getattr(item, "key", item)
             raise SubtuneError(f"run {name} lost its worker {self.max_retries + 1} times ({type(e).__name__}); "
                                "what finished is kept: rerun the same command to resume") from None
+
+
+def _local_ray_pids(ray) -> list[int]:
+    """The processes of the local instance this process started (GCS server, raylet, agents,
+    workers): the node's own processes and all their descendants."""
+    try:
+        import psutil
+
+        node = ray._private.worker._global_node  # only Ray knows which processes it started
+        roots = [info.process.pid for infos in node.all_processes.values() for info in infos]
+    except Exception:  # noqa: BLE001 - without them, ray.shutdown() alone
+        return []
+    pids = set(roots)
+    for pid in roots:
+        try:
+            pids.update(p.pid for p in psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            pass
+    pids.discard(os.getpid())
+    return sorted(pids)
+
+
+def _reap(pids: list[int], timeout: float) -> None:
+    """Wait (bounded) for these processes to exit; kill what is left, by PID."""
+    import psutil
+
+    def running(procs):
+        left = []
+        for p in procs:
+            try:
+                # not the same process any more (PID reused), or a zombie (exited; its parent reaps it)
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(p)
+            except psutil.Error:
+                pass
+        return left
+
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))  # remembers the start time: a reused PID is not ours
+        except psutil.Error:
+            pass
+    deadline = time.monotonic() + timeout
+    while (procs := running(procs)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p in procs:
+        try:
+            log.warning("Ray process %d (%s) still running %.0f s after shutdown: killing it", p.pid, p.name(),
+                        timeout)
+            p.kill()
+        except psutil.Error:
+            pass
+    deadline = time.monotonic() + 2
+    while (procs := running(procs)) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class RayExecutor(RayPool):
@@ -211,6 +361,7 @@ class RayExecutor(RayPool):
                 array = acts.data.numpy() if hasattr(acts.data, "numpy") else acts.data
                 self._refs[(split, point)] = ray.put(array)
                 self.shared_bytes += int(array.nbytes)
+                self._check_interrupt()  # Ctrl-C while the driver computes the prefix
             self.share_seconds += time.perf_counter() - began
             log.info("shared %d activation arrays (%.1f MiB in all)", len(wanted), self.shared_bytes / 2**20)
         return *self._ctx, self._refs

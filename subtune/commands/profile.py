@@ -86,26 +86,36 @@ def run(args: argparse.Namespace) -> int:
     print(f"finetuning profile: window {args.window}, seeds {seeds}, {config.epochs} epochs "
           f"({'cached activations' if config.cached_training else 'full forward pass'}), {len(specs)} runs"
           + (f"; {resumed} already finished in {runs.folder}" if resumed else ""))
-    with contextlib.ExitStack() as stack:
-        executor = None
-        if args.ray:
-            from subtune.cluster import RayExecutor
+    finished = [resumed]  # runs of this profile on disk, for the line a Ctrl-C prints
+    try:
+        # On Ray, the executor turns SIGINT into KeyboardInterrupt only where Ray can stop cleanly, and
+        # leaving it stops the local instance with all its processes (subtune.cluster.ray_executor, rule 5).
+        with contextlib.ExitStack() as stack:
+            executor = None
+            if args.ray:
+                from subtune.cluster import RayExecutor
 
-            executor = stack.enter_context(RayExecutor(
-                trainer, address=None if args.ray == "local" else args.ray, cpus_per_run=args.ray_cpus_per_run,
-                gpus_per_run=args.ray_gpus_per_run))
-        where = executor.describe() if executor else "serial, in this process"
-        bar = stack.enter_context(tqdm(total=len(specs), initial=resumed, desc=f"profile [{where}]", unit="run",
-                                       file=sys.stderr, disable=not sys.stderr.isatty()))
-        threads = executor.threads if executor else torch.get_num_threads()
-        print(f"runs: {where}; {threads} torch thread{'s' if threads > 1 else ''} per run", flush=True)
+                executor = stack.enter_context(RayExecutor(
+                    trainer, address=None if args.ray == "local" else args.ray, cpus_per_run=args.ray_cpus_per_run,
+                    gpus_per_run=args.ray_gpus_per_run))
+            where = executor.describe() if executor else "serial, in this process"
+            bar = stack.enter_context(tqdm(total=len(specs), initial=resumed, desc=f"profile [{where}]", unit="run",
+                                           file=sys.stderr, disable=not sys.stderr.isatty()))
+            threads = executor.threads if executor else torch.get_num_threads()
+            print(f"runs: {where}; {threads} torch thread{'s' if threads > 1 else ''} per run", flush=True)
 
-        def saved(spec, result) -> None:
-            runs.save(spec, result)
-            bar.update(1)
+            def saved(spec, result) -> None:
+                runs.save(spec, result)
+                finished[0] += 1
+                bar.update(1)
 
-        prof = run_profile(trainer, window=args.window, seeds=seeds, starts=starts, siamese=args.siamese,
-                           baselines=args.baselines, on_entry=report, executor=executor, done=done, on_run=saved)
+            prof = run_profile(trainer, window=args.window, seeds=seeds, starts=starts, siamese=args.siamese,
+                               baselines=args.baselines, on_entry=report, executor=executor, done=done, on_run=saved)
+    except KeyboardInterrupt:
+        # one line, exit status 130; every finished run is already on disk (RunLog writes each as it ends)
+        print(f"subtune profile: interrupted; {finished[0]} of {len(specs)} runs are saved in {runs.folder}: "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
     context = {"base": args.base, "arch": base.arch, "base_fingerprint": base.fingerprint, "data": args.data,
                "datasets": {s: d.info for s, d in (("train", train), ("val", val), ("test", test)) if d is not None},
                "classes": train.classes, "preprocess": train.preprocess(), "training": config.to_meta(),

@@ -136,10 +136,12 @@ def test_interrupted_profile_keeps_finished_runs_and_resumes(tmp_path, trainer, 
         log.save(spec, result)
         saved.append(spec.key)
         if len(saved) == 2:
-            raise KeyboardInterrupt  # what Ctrl-C raises in the driver
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the executor's handler only notes it
 
+    handler = signal.getsignal(signal.SIGINT)
     with RayExecutor(trainer) as ex, pytest.raises(KeyboardInterrupt):
         run_profile(trainer, executor=ex, on_run=save_then_interrupt, **part)
+    assert ex.interrupted and signal.getsignal(signal.SIGINT) is handler  # the caller's handler is back
     done = log.load()
     assert sorted(done) == sorted(saved) and len(done) == 2
     assert RunLog(tmp_path / "runs", {"test": 2}).load() == {}  # other settings: nothing reused
@@ -234,20 +236,17 @@ def test_a_killed_worker_costs_a_retry_not_the_profile(trainer, serial):
     assert numbers(prof) == numbers(serial)[4:]  # every window present, the rerun gave the same numbers
 
 
-# Deselected from the default suite (`-m slow` runs it): alone it passes every time, but in two full
-# suite runs Ray's core worker in the command aborted on the interrupt (a C++ stack trace from
-# NormalTaskSubmitter::PushNormalTask, exit status not 130) before subtune's handler finished.
-# Until that is understood, a Ctrl-C during `--ray` is not known to exit cleanly.
-@pytest.mark.slow
-def test_ctrl_c_keeps_finished_runs_and_leaves_no_ray_process(tmp_path, base_path):
-    """`subtune profile --ray` (its own local Ray instance) interrupted by SIGINT once the first run
-    is on disk. The signal goes to the command alone: sent to the whole process group, as a
-    terminal's Ctrl-C is, Ray's own processes get it too, and once in a full suite run Ray's core
-    worker aborted inside the command before subtune's handler could finish (exit status not 130)."""
+def test_ctrl_c_keeps_finished_runs_and_leaves_no_ray_process(tmp_path, base_path, serial):
+    """`subtune profile --ray` (its own local Ray instance) interrupted as a terminal's Ctrl-C does:
+    SIGINT to its whole process group, the moment the first run is on disk (other runs are then
+    finishing and being dispatched: with the earlier `ray.cancel(force=True)` this is where Ray's
+    core worker aborted the command). Exit status 130, one line saying how to resume, the
+    finished runs on disk, no process of that Ray instance left (by PID); rerunning the command
+    completes the profile with the serial numbers."""
     out, runs = tmp_path / "p.json", tmp_path / "p.runs"
+    command = ["profile", base_path, *DATA, *TRAIN, "--starts", "5-8", "--ray", "-o", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "subtune.cli", "profile", base_path, *DATA, *TRAIN,
-                             "--starts", "5-8", "--ray", "-o", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "subtune.cli", *command],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
     seen: set[int] = set()
     try:
@@ -258,21 +257,33 @@ def test_ctrl_c_keeps_finished_runs_and_leaves_no_ray_process(tmp_path, base_pat
         seen |= _descendants(proc.pid)
         assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
         assert list(runs.glob("*.json")), "no run finished in time"
-        os.kill(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # the command is its group's leader (start_new_session)
         _, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, err.decode()[-2000:]
-    finished = list(runs.glob("*.json"))
+    err = err.decode()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("subtune profile: interrupted; ") and \
+        err.strip().splitlines()[-1].endswith("rerun the same command to resume"), err[-2000:]
+    assert "Traceback" not in err and "Check failed" not in err
+    finished = sorted(p.stem for p in runs.glob("*.json"))
     assert 1 <= len(finished) < 4 and not out.exists()
-    assert all(json.loads(p.read_text())["result"]["val_accuracy"] is not None for p in finished)
+    assert f"{len(finished)} of 4 runs are saved in {runs}" in err
     assert len(seen) >= 3  # at least the GCS server, the raylet and a worker
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 20  # the command has already stopped them: this only absorbs /proc lag
     while time.monotonic() < deadline and [p for p in seen if _alive(p)]:
         time.sleep(0.2)
     assert not [(p, _cmdline(p)) for p in seen if _alive(p)]
+
+    # the same command again (here, on this module's Ray instance) runs only what is missing
+    from subtune.cli import main
+
+    assert main(command) == 0
+    data = json.loads(out.read_text())
+    assert data["resumed_runs"] == len(finished) and len(list(runs.glob("*.json"))) == 4
+    assert numbers(data) == numbers(serial)[4:8]  # windows 5-8, the serial profile's numbers
 
 
 def test_pruning_sweep_on_ray_equals_serial(trainer):
@@ -308,10 +319,6 @@ def test_cli_train_blocks_auto_on_ray_writes_the_serial_task(tmp_path, capsys, b
     import torch
 
     from subtune.cli import main
-    from subtune.commands import train as train_command
-
-    if not hasattr(train_command, "_greedy_on_ray"):
-        pytest.skip("subtune train has no --ray yet (see notes/ray_train_greedy.diff)")
     args = [base_path, *DATA, *TRAIN, "--blocks", "auto", "--max-blocks", "2", "--epsilon", "0"]
     assert main(["train", *args, "--threads", "1", "-o", str(tmp_path / "serial.pt")]) == 0
     assert main(["train", *args, "--ray", "-o", str(tmp_path / "ray.pt")]) == 0
