@@ -78,7 +78,7 @@ def export_split(base_path: Path, task_paths: list[Path], graph: Path, folder: P
     import onnx_ir as ir
     import torch
 
-    from subtune.bench.variants import EXPORT_BATCH, PrefixModel, RemainderModel
+    from subtune.bench.variants import EXPORT_BATCH, PrefixModel, remainder_model
     from subtune.compiler.export import export_onnx
     from subtune.formats import load_base, load_task, validate_task
     from subtune.serving.graph import read_graph
@@ -109,9 +109,9 @@ def export_split(base_path: Path, task_paths: list[Path], graph: Path, folder: P
         files[name] = path
 
     save(prefix, example, ["shared"], "split-prefix")
-    save(RemainderModel(bb, start), features, ["base"], "split-base")
+    save(remainder_model(bb, start), features, ["base"], "split-base")
     for t in tasks:
-        save(RemainderModel(bb, start, t), features, [t.name], f"split-{t.name}")
+        save(remainder_model(bb, start, t), features, [t.name], f"split-{t.name}")
     return {"files": files, "outputs": ["base", *names], "start_block": start}
 
 

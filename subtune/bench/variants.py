@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from torch import nn
 
-from subtune.delta.modules import task_blocks, task_head
+from subtune.delta.standalone import TaskNet, task_net
 from subtune.errors import SubtuneError
 from subtune.formats import BaseModel, TaskDelta, validate_task
 from subtune.runtimes.base import BaseRunner, TensorSpec
@@ -61,26 +61,6 @@ class WholeModel(nn.Module):
         return self.model(images)
 
 
-class StandaloneTaskModel(nn.Module):
-    """A task as its own full model: a private copy of the base with the task's blocks loaded
-    into it and its head on top (the deployment of a fully finetuned model)."""
-
-    def __init__(self, base: BaseModel, task: TaskDelta):
-        super().__init__()
-        _, bb = base.build()  # a fresh copy: shares no tensor with any other variant
-        blocks = list(bb.blocks)
-        for number, block in zip(task.blocks, task_blocks(task, bb)):  # task_blocks also rebuilds pruned blocks
-            blocks[number - 1] = block
-        self.stem, self.blocks, self.neck = bb.stem, nn.ModuleList(blocks), bb.neck
-        self.head = task_head(task)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        h = self.stem(images)
-        for block in self.blocks:
-            h = block(h)
-        return self.head(self.neck(h))
-
-
 class PrefixModel(nn.Module):
     """The stem and blocks 1..before-1: the part every task shares."""
 
@@ -95,24 +75,14 @@ class PrefixModel(nn.Module):
         return h
 
 
-class RemainderModel(nn.Module):
-    """Blocks start..N (a task's own blocks in its window), the neck and a head."""
+def remainder_model(backbone: "Backbone", start: int, task: TaskDelta | None = None) -> TaskNet:
+    """Blocks start..N (a task's own blocks in its window), the neck and a head (the base's
+    classifier without a task), fed the prefix's output at point `start`."""
+    if task is None:
+        return TaskNet(backbone, None, nn.ModuleList(), backbone.classifier, entry=start, hold_base=True)
+    return TaskNet.from_task(backbone, task, entry=start, hold_base=True)
 
-    def __init__(self, backbone: "Backbone", start: int, task: TaskDelta | None = None):
-        super().__init__()
-        blocks = list(backbone.blocks[start - 1:])
-        if task is not None:
-            for number, block in zip(task.blocks, task_blocks(task, backbone)):
-                blocks[number - start] = block
-        self.blocks = nn.ModuleList(blocks)
-        self.neck = backbone.neck
-        self.head = task_head(task) if task is not None else backbone.classifier
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        h = images
-        for block in self.blocks:
-            h = block(h)
-        return self.head(self.neck(h))
 
 
 # --------------------------------------------------------------------------- runtimes
@@ -313,7 +283,8 @@ class VariantBuilder:
     def _naive_steps(self, tasks) -> list[Step]:
         steps = self._base_steps(tasks)
         for t in tasks:
-            make = lambda t=t: StandaloneTaskModel(self.base_model, t)  # noqa: E731
+            # a task as its own full model, on a private copy of the base: shares no tensor with any other variant
+            make = lambda t=t: task_net(self.base_model.build()[1], t, hold_base=True)  # noqa: E731
             steps.append(Step.of(self._get(f"naive_{t.name}", make, [t.name])))
         return steps
 
@@ -322,10 +293,10 @@ class VariantBuilder:
         prefix = self._get(f"prefix_to{start}", lambda: PrefixModel(self.backbone, start), ["shared"])
         features = self._prefix_output(start)
         steps = [Step.of(prefix),
-                 Step.of(self._get(f"rest{start}_base", lambda: RemainderModel(self.backbone, start), ["base"], features),
+                 Step.of(self._get(f"rest{start}_base", lambda: remainder_model(self.backbone, start), ["base"], features),
                          source="shared")]
         for t in tasks:
-            make = lambda t=t: RemainderModel(self.backbone, start, t)  # noqa: E731
+            make = lambda t=t: remainder_model(self.backbone, start, t)  # noqa: E731
             steps.append(Step.of(self._get(f"rest{start}_{t.name}", make, [t.name], features), source="shared"))
         return steps
 

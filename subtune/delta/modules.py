@@ -88,21 +88,26 @@ def tap_dims(backbone: Backbone, points: list[dict], input_size: tuple[int, int]
     return [int(grid_pool(acts[int(p["point"])], p.get("grid")).shape[1]) for p in points]
 
 
+def pooled_taps(acts: dict[int, torch.Tensor], specs: list[dict], select: torch.Tensor | None) -> torch.Tensor:
+    """Each tap of `specs` ({"point", "grid"}) pooled from the activations `acts` (by point),
+    concatenated in order, and the `select`ed features kept (None: all)."""
+    pooled = [grid_pool(acts[int(s["point"])], s.get("grid")) for s in specs]
+    f = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)
+    return f if select is None else f.index_select(1, select)
+
+
 class TapHead(nn.Module):
     """Pooled taps -> concatenation -> selected features -> linear head."""
 
     def __init__(self, task: TaskDelta):
         super().__init__()
-        self.points = [int(p["point"]) for p in task.taps["points"]]
-        self.grids = [p.get("grid") for p in task.taps["points"]]
+        self.specs = [{"point": int(p["point"]), "grid": p.get("grid")} for p in task.taps["points"]]
+        self.points = [s["point"] for s in self.specs]
+        self.grids = [s["grid"] for s in self.specs]
         select = task.taps.get("select")
         self.selected = select is not None
         self.register_buffer("select", select.clone() if select is not None else torch.zeros(0, dtype=torch.int64))
         self.head = task_head(task)
 
     def forward(self, acts: dict[int, torch.Tensor]) -> torch.Tensor:
-        pooled = [grid_pool(acts[p], g) for p, g in zip(self.points, self.grids)]
-        f = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)
-        if self.selected:
-            f = f.index_select(1, self.select)
-        return self.head(f)
+        return self.head(pooled_taps(acts, self.specs, self.select if self.selected else None))

@@ -76,6 +76,11 @@ class RecordStreamRolesPass(InPlacePass):
         self.roles = dict(roles)
 
     def call(self, model: ir.Model) -> PassResult:
+        nodes = list(model.graph)
+        if not any(n.metadata_props.get(SCOPE_KEY) for n in nodes) and any(ROLE_KEY in n.metadata_props for n in nodes):
+            # cleaned up before: the exporter's scopes are stripped and the roles recorded (a pass runs once
+            # per export; a second clean-up of the same plan keeps what the first recorded)
+            return PassResult(model, modified=False)
         modified = False
         parts: Counter[str] = Counter()
         merges: dict[str, list[ir.Node]] = {}

@@ -13,7 +13,6 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from subtune.delta.modules import task_blocks
 from subtune.errors import SubtuneError
 from subtune.formats import BaseModel, TaskDelta, validate_task
 from subtune.models import Backbone
@@ -52,9 +51,8 @@ def task_net(task: TaskDelta, backbone: Backbone):
     """The trainer's SubTuneNet carrying this task's (possibly pruned) blocks and head."""
     from subtune.training.network import SubTuneNet
 
-    net = SubTuneNet(backbone, task.blocks, task.num_classes, siamese=task.siamese)
-    net.tuned = task_blocks(task, backbone).requires_grad_(True)  # rebuilt smaller where pruned
-    net.head.load_state_dict(task.head)
+    net = SubTuneNet.from_task(backbone, task)  # blocks rebuilt smaller where pruned
+    net.tuned.requires_grad_(True)
     return net.eval()
 
 

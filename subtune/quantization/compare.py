@@ -34,6 +34,7 @@ import numpy as np
 
 from subtune.errors import VerificationError
 from subtune.quantization.calibration import CalibrationSet
+from subtune.runtimes.onnxruntime import make_session
 
 EVAL_BATCH = 16
 CONFIDENT = 0.5  # max softmax probability at which fp32's top-1 counts as a decision
@@ -97,13 +98,7 @@ def labelled_outputs(tasks, data: CalibrationSet) -> set[str]:
 
 def run_batches(model: bytes, images: np.ndarray, output_names: list[str], *,
                 emulate_qdq: bool = False) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if emulate_qdq:
-        opts.add_session_config_entry(*EMULATE_QDQ)
-    session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    session = make_session(model, config=dict([EMULATE_QDQ]) if emulate_qdq else None)
     parts = [session.run(output_names, {"images": images[i:i + EVAL_BATCH]}) for i in range(0, len(images), EVAL_BATCH)]
     return [np.concatenate([p[k] for p in parts]).astype(np.float32) for k in range(len(output_names))]
 

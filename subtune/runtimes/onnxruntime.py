@@ -4,6 +4,11 @@ execution providers where the installed onnxruntime build has them (onnxruntime-
     with OnnxrtRunner(SessionFromOnnx("model.onnx", provider="cpu", threads=2)) as runner:
         runner.infer({"images": batch})
 
+Every session subtune makes comes from make_session (SessionFromOnnx is its lazy loader), so the
+providers, threads, optimisation level and the check that the asked provider started are set
+in one place. (The Triton python-backend model, serving/models/graph_model.py, makes its own:
+it runs in the server's environment, which does not have subtune.)
+
 The CUDA and TensorRT providers are UNRUN here (no GPU on the machines subtune is developed
 on); they follow ONNX Runtime's documented provider options. With them, timings include
 copying inputs to the GPU and outputs back, as a client handing over NumPy arrays would see.
@@ -80,46 +85,82 @@ def use_shared_thread_pool(threads: int) -> None:
     _shared_pool_threads = threads
 
 
+OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")  # ONNX Runtime's GraphOptimizationLevel
+
+
+def make_session(model: bytes | str | Path, *, provider: str = "cpu", threads: int | None = None,
+                 shared_pool: bool = False, provider_options: dict[str, dict[str, Any]] | None = None,
+                 optimization: str = "all", config: dict[str, str] | None = None, prepack: bool = True):
+    """The one way subtune makes an ONNX Runtime InferenceSession.
+
+    `model`: serialized ONNX, or a path (external data beside it is found from the path).
+    `provider`: a --provider name (providers_for); the session must start on it
+    (check_provider_started). `threads`: intra-op threads (default: one per physical core), or
+    `shared_pool=True` for the process-wide pool (use_shared_thread_pool). `optimization`: the
+    graph optimisation level, one of OPTIMIZATION_LEVELS. `config`: session config entries, e.g.
+    {"session.disable_quant_qdq": "1"}. `prepack=False` keeps ONNX Runtime from making a
+    prepacked copy of matrix weights: slower, but a graph over 2 GiB then stays in memory once.
+    Runs are sequential (one op at a time, each op on the intra-op threads). A model that does
+    not load is a SubtuneError naming it."""
+    ort = _ort()
+    model = str(model) if isinstance(model, Path) else model
+    if isinstance(model, str) and not Path(model).is_file():
+        raise SubtuneError(f"model file {model} not found")
+    if shared_pool and threads is not None:
+        raise ValueError("give threads or shared_pool, not both: the shared pool's size is set once per process")
+    if shared_pool and _shared_pool_threads is None:
+        raise SubtuneError("shared_pool=True needs use_shared_thread_pool(threads) first")
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise ValueError(f"optimization {optimization!r}: expected one of {', '.join(OPTIMIZATION_LEVELS)}")
+    providers = providers_for(provider, provider_options)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = {"disabled": level.ORT_DISABLE_ALL, "basic": level.ORT_ENABLE_BASIC,
+                                     "extended": level.ORT_ENABLE_EXTENDED, "all": level.ORT_ENABLE_ALL}[optimization]
+    if shared_pool:
+        opts.use_per_session_threads = False
+    elif threads:
+        opts.intra_op_num_threads = threads
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
+    try:
+        session = ort.InferenceSession(model, sess_options=opts, providers=providers)
+    except Exception as e:  # ORT's load errors (bad protobuf, unsupported op) have no common base class
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        where = model if isinstance(model, str) else "the model"
+        raise SubtuneError(f"ONNX Runtime could not load {where}: {first}") from e
+    check_provider_started(session, providers)
+    return session
+
+
 class SessionFromOnnx:
-    """Loader: an InferenceSession from ONNX bytes or a path, created when called."""
+    """Loader: a session (make_session) from ONNX bytes or a path, created when called."""
 
     def __init__(self, model: bytes | str | Path, *, provider: str = "cpu", threads: int | None = None,
-                 shared_pool: bool = False, provider_options: dict[str, dict[str, Any]] | None = None):
+                 shared_pool: bool = False, provider_options: dict[str, dict[str, Any]] | None = None,
+                 optimization: str = "all", config: dict[str, str] | None = None):
         if shared_pool and threads is not None:
             raise ValueError("give threads or shared_pool, not both: the shared pool's size is set once per process")
         self.model = str(model) if isinstance(model, Path) else model
         self.provider, self.threads, self.shared_pool = provider, threads, shared_pool
         self.provider_options = dict(provider_options or {})
+        self.optimization, self.config = optimization, dict(config or {})
 
     @property
     def settings(self) -> dict[str, Any]:
         threads = (f"shared pool of {_shared_pool_threads}" if self.shared_pool
                    else self.threads if self.threads else "default (one per physical core)")
-        return {"provider": self.provider, "intra_op_threads": threads, "graph_optimization": "all",
-                "provider_options": self.provider_options}
+        settings = {"provider": self.provider, "intra_op_threads": threads, "graph_optimization": self.optimization,
+                    "provider_options": self.provider_options}
+        return {**settings, "session_config": self.config} if self.config else settings
 
     def __call__(self):
-        ort = _ort()
-        if isinstance(self.model, str) and not Path(self.model).is_file():
-            raise SubtuneError(f"model file {self.model} not found")
-        if self.shared_pool and _shared_pool_threads is None:
-            raise SubtuneError("shared_pool=True needs use_shared_thread_pool(threads) first")
-        providers = providers_for(self.provider, self.provider_options)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if self.shared_pool:
-            opts.use_per_session_threads = False
-        elif self.threads:
-            opts.intra_op_num_threads = self.threads
-        try:
-            session = ort.InferenceSession(self.model, sess_options=opts, providers=providers)
-        except Exception as e:  # ORT's load errors (bad protobuf, unsupported op) have no common base class
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            where = self.model if isinstance(self.model, str) else "the model"
-            raise SubtuneError(f"ONNX Runtime could not load {where}: {first}") from e
-        check_provider_started(session, providers)
-        return session
+        return make_session(self.model, provider=self.provider, threads=self.threads, shared_pool=self.shared_pool,
+                            provider_options=self.provider_options, optimization=self.optimization, config=self.config)
 
 
 def check_provider_started(session, providers: list) -> None:
@@ -137,19 +178,11 @@ def check_provider_started(session, providers: list) -> None:
                            f"{used[0] if used else 'nothing'}): {hint}")
 
 
-def session_from_bytes(model: bytes | str, *, threads: int | None = None, providers=("CPUExecutionProvider",),
-                       prepack: bool = True):
-    """An InferenceSession from serialized ONNX bytes or a path (external data beside it is
-    found from the path). `prepack=False` keeps ONNX Runtime from making a prepacked copy of
-    matrix weights: slower, but a graph over 2 GiB then stays in memory once."""
-    ort = _ort()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not prepack:
-        opts.add_session_config_entry("session.disable_prepacking", "1")
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model, sess_options=opts, providers=list(providers))
+def session_from_bytes(model: bytes | str | Path, *, threads: int | None = None, prepack: bool = True,
+                       provider: str = "cpu"):
+    """make_session for a CPU session made now (the reference runs of verification, the checks
+    and the benchmarks)."""
+    return make_session(model, provider=provider, threads=threads, prepack=prepack)
 
 
 class OnnxrtRunner(BaseRunner):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from subtune.delta.modules import grid_pool, tap_activations
+from subtune.delta.standalone import TapTaskNet
 from subtune.errors import SubtuneError
 from subtune.models import Backbone
 
@@ -212,33 +213,5 @@ def drop_unused_taps(specs: list[dict], select: torch.Tensor) -> tuple[list[dict
     return kept, torch.cat(new_index)
 
 
-class TapNet(nn.Module):
-    """A head on the frozen base's pooled activations (Head2Toe; the linear probe with one tap at
-    the features). It reads images (cut 0); the trainer trains its head on extracted features."""
-
-    cut = 0
-    siamese = False
-
-    def __init__(self, backbone: Backbone, specs: list[dict], select: torch.Tensor | None, head: nn.Linear):
-        super().__init__()
-        object.__setattr__(self, "backbone", backbone)
-        self.specs = [dict(s) for s in specs]
-        self.register_buffer("select", select if select is not None else torch.zeros(0, dtype=torch.int64))
-        self.selected = select is not None
-        self.head = head
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        acts = tap_activations(self.backbone, images, [s["point"] for s in self.specs])
-        f = torch.cat([grid_pool(acts[s["point"]], s["grid"]) for s in self.specs], dim=1)
-        return f.index_select(1, self.select) if self.selected else f
-
-    def forward_from(self, images: torch.Tensor, base_features: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(images))
-
-    forward = forward_from
-
-    @classmethod
-    def from_task(cls, backbone: Backbone, task) -> "TapNet":
-        from subtune.delta.modules import task_head
-
-        return cls(backbone, task.taps["points"], task.taps.get("select"), task_head(task)).eval()
+# The network a Head2Toe (or linear-probe) task runs: the one tap-task model of subtune.delta.standalone.
+TapNet = TapTaskNet

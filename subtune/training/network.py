@@ -21,25 +21,17 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from subtune.delta.modules import task_blocks, task_head
+from subtune.delta.standalone import TapTaskNet, TaskNet, features_point, run_base  # noqa: F401 (features_point: re-exported for training)
 from subtune.formats import BaseModel, TaskDelta
 from subtune.models import Backbone, build_model
 
 
-def features_point(backbone: Backbone) -> int:
-    return backbone.num_blocks + 2
-
-
 @torch.no_grad()
 def run_frozen(backbone: Backbone, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Carry activations at point `start` to point `stop` through the frozen base."""
-    n = backbone.num_blocks
-    if start == 0 and stop > 0:
-        x, start = backbone.stem(x), 1
-    for b in range(start, min(stop, n + 1)):
-        x = backbone.blocks[b - 1](x)
-    if stop == n + 2 and start <= n + 1:
-        x = backbone.neck(x)
-    return x
+    """Carry activations at point `start` to point `stop` through the frozen base
+    (delta.standalone.run_base without autograd)."""
+    return run_base(backbone, x, start, stop)
 
 
 def fast_layout(x: torch.Tensor) -> torch.Tensor:
@@ -66,9 +58,10 @@ def new_head(in_features: int, num_classes: int, seed: int) -> nn.Linear:
     return head
 
 
-class SubTuneNet(nn.Module):
+class SubTuneNet(TaskNet):
     """The frozen base with blocks first..last trainable and a new linear head; `blocks=[]` is
-    the linear probe (cut at the features).
+    the linear probe (cut at the features). Its forward is the task's own model
+    (delta.standalone.TaskNet); what this class adds is for training.
 
     The backbone is shared between networks and is not a submodule: `net.train()` switches only
     the tuned blocks to training mode; frozen layers keep their BatchNorm statistics. With
@@ -76,18 +69,17 @@ class SubTuneNet(nn.Module):
     train). Siamese: the head sees [base features, tuned features] (paper §5.1)."""
 
     def __init__(self, backbone: Backbone, blocks: list[int], num_classes: int, *, siamese: bool = False,
-                 freeze_bn: bool = False, seed: int = 0):
-        super().__init__()
-        object.__setattr__(self, "backbone", backbone)
+                 freeze_bn: bool = False, seed: int = 0, tuned: nn.ModuleList | None = None,
+                 head: nn.Linear | None = None):
+        """`tuned`, `head`: given modules (a task file's) in place of trainable copies of the base
+        blocks and a new seeded head."""
+        if tuned is None:
+            tuned = nn.ModuleList(copy.deepcopy(backbone.blocks[b - 1]).requires_grad_(True) for b in blocks)
+        if head is None:
+            head = new_head(backbone.feature_dim * (2 if siamese else 1), num_classes, seed)
+        super().__init__(backbone, blocks[0] if blocks else None, tuned, head, siamese=siamese)
         self.blocks = list(blocks)
-        self.siamese = siamese
         self.freeze_bn = freeze_bn
-        self.tuned = nn.ModuleList(copy.deepcopy(backbone.blocks[b - 1]).requires_grad_(True) for b in blocks)
-        self.head = new_head(backbone.feature_dim * (2 if siamese else 1), num_classes, seed)
-
-    @property
-    def cut(self) -> int:
-        return self.blocks[0] if self.blocks else features_point(self.backbone)
 
     def train(self, mode: bool = True) -> "SubTuneNet":
         super().train(mode)
@@ -97,38 +89,19 @@ class SubTuneNet(nn.Module):
                     m.eval()
         return self
 
-    def forward_from(self, h: torch.Tensor, base_features: torch.Tensor | None = None) -> torch.Tensor:
-        bb = self.backbone
-        if self.blocks:
-            first = self.blocks[0]
-            for b in range(first, bb.num_blocks + 1):
-                k = b - first
-                h = self.tuned[k](h) if k < len(self.tuned) else bb.blocks[b - 1](h)
-            h = bb.neck(h)
-        if self.siamese:
-            h = torch.cat([base_features, h], dim=1)
-        return self.head(h)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        h = run_frozen(self.backbone, images, 0, self.cut)
-        base = run_frozen(self.backbone, h, self.cut, features_point(self.backbone)) if self.siamese else None
-        return self.forward_from(h, base)
+    @torch.no_grad()
+    def run_base(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The frozen base, without autograd."""
+        return run_base(self.backbone, x, start, stop)
 
     @classmethod
-    def from_task(cls, backbone: Backbone, task: TaskDelta) -> "SubTuneNet":
-        """The network a task file describes; a tap task (Head2Toe, linear probe) gives a
-        head2toe.TapNet, which reads images (cut 0)."""
-        from subtune.delta.modules import task_blocks  # rebuilds pruned blocks at their smaller size
-
+    def from_task(cls, backbone: Backbone, task: TaskDelta) -> "SubTuneNet | TapTaskNet":
+        """The network a task file describes (pruned blocks at their pruned size); a tap task
+        (Head2Toe, linear probe) gives a TapTaskNet, which reads images (cut 0)."""
         if task.taps is not None:
-            from subtune.training.head2toe import TapNet
-
-            return TapNet.from_task(backbone, task)
-
-        net = cls(backbone, task.blocks, task.num_classes, siamese=task.siamese)
-        net.tuned = task_blocks(task, backbone)
-        net.head.load_state_dict(task.head)
-        return net.eval()
+            return TapTaskNet.from_task(backbone, task)
+        return cls(backbone, task.blocks, task.num_classes, siamese=task.siamese, tuned=task_blocks(task, backbone),
+                   head=task_head(task)).eval()
 
 
 class FullNet(nn.Module):
