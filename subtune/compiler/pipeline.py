@@ -20,7 +20,9 @@
   and last:
     record verification     `subtune.verified` (and what was checked) in the ONNX metadata
 
-Each step fills in a field of the Plan; `compile_plan` is the whole pipeline.
+Each step declares the Plan fields it reads and writes (`Step`); `compile_plan` runs them in
+order and refuses a step whose inputs no earlier step wrote, so a partial pipeline
+(`until=`) or a hand-filled Plan fails at the step that lacks something, by name.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import onnx_ir as ir
 import torch
@@ -61,49 +63,70 @@ class CompileOptions:
     precision: "PrecisionOptions | None" = None  # fp16/int8 after the fp32 graph verifies; None: fp32 only
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of the pipeline and its contract with the Plan: the fields it needs filled in
+    (`reads`) and the fields it fills in (`writes`; every step may add to `plan.report`)."""
+
+    name: str
+    run: Callable[[Plan, "CompileOptions"], None]
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+    def missing(self, plan: Plan) -> list[str]:
+        return [f for f in self.reads if getattr(plan, f) is None]
+
+
 def compile_plan(plan: Plan, options: CompileOptions | None = None, until: str | None = None) -> Plan:
     """Run the pipeline's steps on `plan`; with `until`, stop after the step of that name (e.g.
     "lower" for the PyTorch module alone, as the benchmarks' torch runtime wants)."""
     options = options or CompileOptions()
     chosen = list(steps(options))
     if until is not None:
-        names = [name for name, _ in chosen]
+        names = [s.name for s in chosen]
         if until not in names:
             raise SubtuneError(f"until={until!r}: expected one of this pipeline's steps ({', '.join(names)})")
         chosen = chosen[:names.index(until) + 1]
     timings = plan.report.setdefault("seconds", {})
-    for name, step in chosen:
+    for step in chosen:
+        missing = step.missing(plan)
+        if missing:
+            raise SubtuneError(f"compile step {step.name!r} reads plan.{', plan.'.join(missing)}, which no earlier step "
+                               "filled in: run the pipeline from its start (compile_plan) or fill them in first")
         if options.on_step:
-            options.on_step(name)
+            options.on_step(step.name)
         start = time.perf_counter()
-        step(plan, options)
-        timings[name] = round(time.perf_counter() - start, 3)
+        step.run(plan, options)
+        timings[step.name] = round(time.perf_counter() - start, 3)
+        unset = [f for f in step.writes if getattr(plan, f) is None]
+        if unset:
+            raise RuntimeError(f"internal error: compile step {step.name!r} left plan.{', plan.'.join(unset)} unset")
     return plan
 
 
 def steps(options: CompileOptions):
-    """The pipeline for these options, in order: (name, step(plan, options))."""
+    """The pipeline for these options, in order (Step: name, run(plan, options), reads, writes)."""
     reduced = options.precision
-    yield "validate", validate
+    yield Step("validate", validate, ("base", "tasks"), ("backbone", "input_size"))
     if reduced:  # early, so a bad --calibration fails before the slow steps
-        yield "load calibration data", load_calibration
+        yield Step("load calibration data", load_calibration, ("backbone", "tasks", "input_size"), ("calibration",))
     if options.prune is not None:
-        yield "prune", prune
-    yield "schedule", schedule
-    yield "lower", lower
-    yield "export", export
-    yield "clean up", clean_up
+        yield Step("prune", prune, ("base", "backbone", "tasks", "input_size"), ("tasks",))
+    yield Step("schedule", schedule, ("tasks", "backbone"), ("schedule",))
+    yield Step("lower", lower, ("base", "tasks", "schedule"), ("module", "backbone"))
+    yield Step("export", export, ("module", "input_size"), ("onnx",))
+    yield Step("clean up", clean_up, ("onnx", "module", "schedule", "tasks"), ("onnx",))
     if options.verify:
-        yield "verify", verify_plan
+        yield Step("verify", verify_plan, ("onnx", "base", "tasks", "input_size"))
     if options.check_tensorrt:
-        yield "check TensorRT compatibility", check_tensorrt
+        yield Step("check TensorRT compatibility", check_tensorrt, ("onnx",))
     if reduced:
-        yield "quantize", quantize
+        yield Step("quantize", quantize, ("onnx", "calibration", "tasks"), ("onnx", "fp32_onnx"))
         if options.verify:
-            yield "verify precision", verify_precision
+            yield Step("verify precision", verify_precision, ("onnx", "fp32_onnx", "calibration", "tasks"))
         if options.check_tensorrt and reduced.tensorrt_compatible:
-            yield f"check TensorRT compatibility ({reduced.precision})", check_tensorrt
-    yield "record verification", record_verification
+            yield Step(f"check TensorRT compatibility ({reduced.precision})", check_tensorrt, ("onnx",))
+    yield Step("record verification", record_verification, ("onnx",), ("onnx",))
 
 
 def validate(plan: Plan, options: CompileOptions) -> None:

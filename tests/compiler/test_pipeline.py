@@ -106,3 +106,35 @@ def test_verification_catches_a_wrong_graph():
     init.const_value = ir.Tensor(init.const_value.numpy() * 1.01, name=init.name)
     with pytest.raises(VerificationError, match="output 't'"):
         pipeline.verify_plan(plan, opts)
+
+
+@pytest.mark.parametrize("verify,prune,precision,trt", [(True, False, None, True), (False, True, "int8", True),
+                                                         (True, True, "fp16", False), (True, False, "int8", False)])
+def test_every_step_reads_only_what_an_earlier_step_wrote(verify, prune, precision, trt):
+    """The steps' declared contracts chain: each step's inputs are the Plan's own inputs or an
+    earlier step's outputs, for every shape the pipeline takes."""
+    from subtune.compiler.pipeline import steps
+    from subtune.pruning.plan import PruneOptions
+    from subtune.quantization import PrecisionOptions
+
+    options = CompileOptions(verify=verify, check_tensorrt=trt, prune=PruneOptions(0.5) if prune else None,
+                             precision=PrecisionOptions(precision, "fashion-mnist") if precision else None)
+    filled = {"base", "tasks"}  # what a Plan is made with (input_size may be given too, or not)
+    for step in steps(options):
+        assert set(step.reads) <= filled, f"{step.name} reads {set(step.reads) - filled} before any step writes it"
+        filled |= set(step.writes)
+    assert "onnx" in filled
+
+
+def test_a_step_whose_inputs_are_missing_is_refused_by_name():
+    """compile_plan checks each step's declared inputs before running it (here: export before lower)."""
+    from subtune.compiler.pipeline import Step, export
+
+    base = make_base("subtune:tiny_resnet", {}, seed=0)
+    plan = compile_plan(Plan(base, [synthetic_task(base, "t", [7])], input_size=(16, 16)), until="schedule")
+    assert plan.schedule is not None and plan.module is None and plan.onnx is None
+    assert Step("export", export, ("module", "input_size"), ("onnx",)).missing(plan) == ["module"]
+    lowered = compile_plan(plan, CompileOptions(verify=False), until="lower")  # reruns validate and schedule
+    assert lowered.module is not None and lowered.onnx is None
+    with pytest.raises(SubtuneError, match=r"compile step 'validate' reads plan\.base, which no earlier step"):
+        compile_plan(Plan(None, []))
