@@ -4,7 +4,7 @@
     trained = subtune.train("base.pt", "imagefolder:dogs", "dogs.pt", blocks="layer3")
     result = subtune.compile("base.pt", ["dogs.pt", "cats.pt"], "model.onnx")
 
-The API (subtune/api/: compile, train, prune, prune_sweep, select, benchmark,
+The API (subtune/api/: compile, train, profile, prune, prune_sweep, select, benchmark,
 benchmark_compare, benchmark_profile, triton_repo and their result classes) is imported on
 first use, and heavy libraries (torch, onnx, onnxruntime, tensorrt) where they are used, so
 `import subtune` and argument parsing stay cheap. Library code logs on the "subtune" logger
@@ -16,7 +16,8 @@ import logging
 __version__ = "0.1.0"
 
 _API = {
-    "compile", "CompileResult", "train", "TrainResult", "prune", "PruneResult", "prune_sweep", "SweepResult",
+    "compile", "CompileResult", "train", "TrainResult", "profile", "ProfileResult", "ProfileInterrupted",
+    "prune", "PruneResult", "prune_sweep", "SweepResult",
     "select", "SelectResult", "benchmark", "benchmark_compare", "benchmark_profile", "BenchResult",
     "triton_repo", "Repository",
 }

@@ -143,7 +143,7 @@ def test_bad_options_are_refused_before_any_work(tmp_path, tiny, kwargs, match, 
 
 
 # --------------------------------------------------------------------------- the other verbs
-# train, prune, prune_sweep, select, benchmark, triton_repo: each is what its command runs. Tiny
+# train, profile, prune, prune_sweep, select, benchmark, triton_repo: each is what its command runs. Tiny
 # on purpose: subtune:tiny_resnet at 16 px on a nine-image-per-class colour folder.
 
 TRAIN_EXAMPLE = "<!-- python-api-train-example"
@@ -283,6 +283,63 @@ def test_select_picks_the_smallest_margins_and_excludes_earlier_picks(tmp_path, 
     assert not set(second.ids) & set(first.ids) and min(p["margin"] for p in second.picks) >= margins[-1] - 1e-6
     with pytest.raises(SubtuneError, match="nothing to pick"):
         subtune.select(tiny_base, trained.task, f"images:{pool}", 1, exclude=first.ids + second.ids)
+
+
+@pytest.fixture
+def torch_threads():
+    """Restores torch's thread count after a test that sets it (`threads=`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_profile_resumes_after_an_interrupt_and_runs_in_memory_alike(tmp_path, tiny_base, folder, capsys, monkeypatch,
+                                                                     torch_threads):
+    """A Ctrl-C during the runs (here raised where the first row is shown, after its run is saved)
+    raises ProfileInterrupted with what is on disk; the same call again runs only the rest and
+    writes the JSON, the PNG and the runs; without an output nothing is written, same numbers.
+    One torch thread: torch is loaded here before OMP_WAIT_POLICY=PASSIVE could apply, and
+    spinning OpenMP threads on a shared 2-core machine made each tiny run take seconds."""
+    monkeypatch.chdir(tmp_path)
+    data = f"imagefolder:{folder}"
+    kw = dict(window=2, starts=[6, 7], baselines="linear", threads=1, **QUICK)  # 3 runs
+
+    def interrupt(line: str) -> None:
+        if line.startswith("    "):  # the first profile row
+            raise KeyboardInterrupt
+
+    with pytest.raises(subtune.ProfileInterrupted) as caught:
+        subtune.profile(tiny_base, data, "p.json", on_progress=interrupt, **kw)
+    assert isinstance(caught.value, KeyboardInterrupt)
+    assert (caught.value.saved, caught.value.total, caught.value.runs) == (1, 3, Path("p.runs"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.runs"] and len(list(Path("p.runs").iterdir())) == 1
+
+    lines: list[str] = []
+    result = subtune.profile(tiny_base, data, "p.json", on_progress=lines.append, **kw)
+    assert result.files == [Path("p.json"), Path("p.png")] and result.runs == Path("p.runs")
+    assert json.loads(Path("p.json").read_text()) == json.loads(json.dumps(result.report))
+    assert Path("p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(list(Path("p.runs").iterdir())) == 3
+    assert result.profile.resumed == 1 and result.report["resumed_runs"] == 1
+    assert [e["blocks"] for e in result.entries] == [[6, 7], [7, 8]] and list(result.baselines) == ["linear"]
+    assert lines[0].startswith("data ") and "3 runs; 1 already finished in p.runs" in lines[1]
+    assert len([x for x in lines if ": validation " in x]) == 3 and capsys.readouterr() == ("", "")
+
+    memory = subtune.profile(tiny_base, data, **kw)
+    assert memory.files == [] and memory.runs is None and len(list(tmp_path.iterdir())) == 3
+    def losses(r):  # every run's last training loss (the tiny runs' accuracies tie), windows then baselines
+        return [run["train_loss"] for row in [*r.entries, *r.baselines.values()] for run in row["runs"]]
+
+    assert losses(memory) == losses(result) and None not in losses(result)
+    assert [e["accuracy"] for e in memory.entries] == [e["accuracy"] for e in result.entries]
+    assert memory.best == result.best and memory.report["resumed_runs"] == 0
+
+    for bad, match in (({"baselines": "linear,bogus"}, "--baselines"), ({"seeds": [0, 0]}, "--seeds"),
+                       ({"starts": [8]}, "do not fit")):
+        with pytest.raises(SubtuneError, match=match):
+            subtune.profile(tiny_base, data, "q.json", **{**kw, **bad})
+    assert not Path("q.json").exists() and not Path("q.runs").exists()
 
 
 def test_benchmark_and_triton_repo(tmp_path, trained, tiny_base):

@@ -9,6 +9,7 @@ The command line parses arguments, calls one of these and prints.
 
     compile(base, tasks, output, ...)            -> CompileResult   `subtune-compile`
     train(base, data, output=None, ...)          -> TrainResult     `subtune train`
+    profile(base, data, output=None, ...)        -> ProfileResult   `subtune profile` (finetuning profile)
     prune(base, task, output=None, ratio=...)    -> PruneResult     `subtune prune`
     prune_sweep(base, task, data, output, ...)   -> SweepResult     `subtune prune-sweep`
     select(base, task, pool, budget, ...)        -> SelectResult    `subtune select` (active learning)
@@ -33,6 +34,7 @@ import importlib
 WHERE = {
     "compile": "_compile", "CompileResult": "_compile",
     "train": "_train", "TrainResult": "_train",
+    "profile": "_profile", "ProfileResult": "_profile", "ProfileInterrupted": "_profile",
     "prune": "_prune", "PruneResult": "_prune", "prune_sweep": "_prune", "SweepResult": "_prune",
     "select": "_select", "SelectResult": "_select",
     "benchmark": "_bench", "benchmark_compare": "_bench", "benchmark_profile": "_bench", "BenchResult": "_bench",

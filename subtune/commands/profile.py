@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 
 from subtune.commands.values import int_list
+from subtune.errors import SubtuneError
 from subtune.training.options import add_data_arguments, add_training_arguments
 
 
@@ -35,108 +36,42 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subtune.training.options import prepare_runtime
-
-    prepare_runtime(args)
-
-    import contextlib
-    import json
     import sys
-    from pathlib import Path
 
-    import torch
-    from tqdm import tqdm
+    from subtune.api import ProfileInterrupted, profile
 
-    from subtune.atomic import check_writable, write_text
-    from subtune.cluster import RunLog
-    from subtune.errors import SubtuneError
-    from subtune.formats import load_base
-    from subtune.training.options import cache_options, data_summary, load_splits, train_config
-    from subtune.training.plot import plot_profile
-    from subtune.training.profile import profile_specs, profile_to_json, run_profile
-    from subtune.training.trainer import Trainer
-
-    out = check_writable(args.output)
-    png = check_writable(Path(args.plot) if args.plot else out.with_suffix(".png"))
-    if png == out:
-        raise SubtuneError(f"--plot {png} is the JSON output; choose another file")
-    seeds = int_list(args.seeds, "--seeds", distinct=True) if args.seeds else [args.seed]
-    base = load_base(args.base)
-    _, backbone = base.build()
-    starts = _blocks(args.starts, backbone.num_blocks) if args.starts else None
-
-    train, val, test = load_splits(args, base)
-    config = train_config(args, len(train))
-    print(f"data {data_summary(train, val, test)}")
-    trainer = Trainer(base, train, val, test, config=config, **cache_options(args))
-
-    def report(label: str, entry: dict) -> None:
-        test_txt = f", test {entry['test_accuracy']:.4f}" if "test_accuracy" in entry else ""
-        std = f" ± {entry['accuracy_std']:.4f}" if len(seeds) > 1 else ""
-        tqdm.write(f"  {label:>13}: validation {entry['accuracy']:.4f}{std}{test_txt}  "
-                   f"{entry['params']:>11,} params  {entry['seconds']:7.1f} s", file=sys.stdout)
-
-    settings = {"base_fingerprint": base.fingerprint, "data": args.data, "training": config.to_meta(),
-                "datasets": {s: d.info for s, d in (("train", train), ("val", val), ("test", test)) if d is not None}}
-    runs = RunLog(Path(args.runs) if args.runs else out.with_suffix(".runs"), settings)
-    done = runs.load()
-    specs = profile_specs(backbone.num_blocks, window=args.window, seeds=seeds, starts=starts, siamese=args.siamese,
-                          baselines=args.baselines)
-    resumed = sum(s.key in done for s in specs)
-    print(f"finetuning profile: window {args.window}, seeds {seeds}, {config.epochs} epochs "
-          f"({'cached activations' if config.cached_training else 'full forward pass'}), {len(specs)} runs"
-          + (f"; {resumed} already finished in {runs.folder}" if resumed else ""))
-    finished = [resumed]  # runs of this profile on disk, for the line a Ctrl-C prints
+    seeds = int_list(args.seeds, "--seeds", distinct=True) if args.seeds else None
+    starts = _blocks(args.starts) if args.starts else None
     try:
-        # On Ray, the executor turns SIGINT into KeyboardInterrupt only where Ray can stop cleanly, and
-        # leaving it stops the local instance with all its processes (subtune.cluster.ray_executor, rule 5).
-        with contextlib.ExitStack() as stack:
-            executor = None
-            if args.ray:
-                from subtune.cluster import RayExecutor
-
-                executor = stack.enter_context(RayExecutor(
-                    trainer, address=None if args.ray == "local" else args.ray, cpus_per_run=args.ray_cpus_per_run,
-                    gpus_per_run=args.ray_gpus_per_run))
-            where = executor.describe() if executor else "serial, in this process"
-            bar = stack.enter_context(tqdm(total=len(specs), initial=resumed, desc=f"profile [{where}]", unit="run",
-                                           file=sys.stderr, disable=not sys.stderr.isatty()))
-            threads = executor.threads if executor else torch.get_num_threads()
-            print(f"runs: {where}; {threads} torch thread{'s' if threads > 1 else ''} per run", flush=True)
-
-            def saved(spec, result) -> None:
-                runs.save(spec, result)
-                finished[0] += 1
-                bar.update(1)
-
-            prof = run_profile(trainer, window=args.window, seeds=seeds, starts=starts, siamese=args.siamese,
-                               baselines=args.baselines, on_entry=report, executor=executor, done=done, on_run=saved)
-    except KeyboardInterrupt:
+        result = profile(args.base, args.data, args.output, window=args.window, seeds=seeds, starts=starts,
+                         siamese=args.siamese, baselines=args.baselines, runs=args.runs, ray=args.ray,
+                         ray_cpus_per_run=args.ray_cpus_per_run, ray_gpus_per_run=args.ray_gpus_per_run,
+                         image_size=args.image_size, limit=args.limit, val_split=args.val_split,
+                         data_seed=args.data_seed, label_map=args.label_map, test=args.test,
+                         test_limit=args.test_limit, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                         batch_size=args.batch_size, seed=args.seed, augment=args.augment, freeze_bn=args.freeze_bn,
+                         cache=not args.no_cache, cache_dir=args.cache_dir, cache_memory=args.cache_memory,
+                         threads=args.threads, plot=args.plot or True,
+                         on_progress=lambda line: print(line, flush=True), progress=True)
+    except ProfileInterrupted as e:
         # one line, exit status 130; every finished run is already on disk (RunLog writes each as it ends)
-        print(f"subtune profile: interrupted; {finished[0]} of {len(specs)} runs are saved in {runs.folder}: "
+        print(f"subtune profile: interrupted; {e.saved} of {e.total} runs are saved in {e.runs}: "
               "rerun the same command to resume", file=sys.stderr)
         return 130
-    context = {"base": args.base, "arch": base.arch, "base_fingerprint": base.fingerprint, "data": args.data,
-               "datasets": {s: d.info for s, d in (("train", train), ("val", val), ("test", test)) if d is not None},
-               "classes": train.classes, "preprocess": train.preprocess(), "training": config.to_meta(),
-               "stages": backbone.stages}
-    data = profile_to_json(prof, context=context)
-    write_text(out, json.dumps(data, indent=2))
-    plot_profile(data, png, stages=backbone.stages)
-    best = data["best"]
+    prof, best = result.profile, result.best
     print(f"best window: blocks {best['blocks'][0]}-{best['blocks'][1]} (validation {best['accuracy']:.4f}); "
           f"{prof.seconds:.1f} s in all, {prof.cache_seconds:.1f} s caching frozen activations")
-    print(f"wrote {out} and {png} (each run's result in {runs.folder})")
+    print(f"wrote {result.output} and {result.plot_path} (each run's result in {result.runs})")
     return 0
 
 
-def _blocks(text: str, n: int) -> list[int]:
-    from subtune.errors import SubtuneError
-
+def _blocks(text: str) -> list[int]:
     if "-" in text:
         try:
             lo, hi = (int(x) for x in text.split("-", 1))
         except ValueError:
             raise SubtuneError(f"--starts expects FIRST-LAST or a list, found {text!r}") from None
+        if hi < lo:
+            raise SubtuneError(f"--starts expects FIRST-LAST with FIRST <= LAST, found {text!r}")
         return list(range(lo, hi + 1))
     return int_list(text, "--starts", distinct=True)
