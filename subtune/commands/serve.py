@@ -65,17 +65,17 @@ def run(args: argparse.Namespace) -> int:
             server.stop()
             print("interrupted while starting; server stopped", file=sys.stderr)
             return 130
-        try:
-            models = [m["name"] for m in server.repository_index() if m.get("state") == "READY"]
-        except (OSError, ValueError):
-            models = ["(the repository index did not answer)"]
-        print(f"tritonserver ready (pid {server.pid}): models {', '.join(models)}", flush=True)
-        print(f"  HTTP     http://{server.http_url}/v2", flush=True)
-        print(f"  gRPC     {server.grpc_url}", flush=True)
-        print(f"  metrics  {server.metrics_url}", flush=True)
-        print(f"  log      {server.log_path}", flush=True)
-        print("Ctrl-C or SIGTERM stops it.", flush=True)
-        try:
+        try:  # from here on a Ctrl-C or SIGTERM, wherever it lands (even mid-print), is a clean stop
+            try:
+                models = [m["name"] for m in server.repository_index() if m.get("state") == "READY"]
+            except (OSError, ValueError):
+                models = ["(the repository index did not answer)"]
+            print(f"tritonserver ready (pid {server.pid}): models {', '.join(models)}", flush=True)
+            print(f"  HTTP     http://{server.http_url}/v2", flush=True)
+            print(f"  gRPC     {server.grpc_url}", flush=True)
+            print(f"  metrics  {server.metrics_url}", flush=True)
+            print(f"  log      {server.log_path}", flush=True)
+            print("Ctrl-C or SIGTERM stops it.", flush=True)
             code = server.process.wait()
         except KeyboardInterrupt:
             status = server.stop()
