@@ -59,11 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", default="out/fmnist_profile")
     args = p.parse_args(argv)
     if args.render:
-        try:
-            with open(args.render) as f:
-                results = json.load(f)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"--render expects a results.json this script wrote; could not read {args.render}: {e}")
+        from subtune.bench.report import read_results
+
+        results = read_results(args.render, "--render")
         table = format_table(results)
         _write(args.out, results, table)
         print(table)

@@ -83,11 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", default="out/methods")
     args = p.parse_args(argv)
     if args.render:
-        try:
-            with open(args.render) as f:
-                results = json.load(f)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"--render expects a results.json this script wrote; could not read {args.render}: {e}")
+        from subtune.bench.report import read_results
+
+        results = read_results(args.render, "--render")
         _write(args.out, results)
         return 0
     if args.retime:
@@ -139,8 +137,9 @@ def retime(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    with open(args.retime) as f:
-        results = json.load(f)
+    from subtune.bench.report import read_results
+
+    results = read_results(args.retime, "--retime")
     machine = machine_info(args.threads or torch.get_num_threads())
     args.image_size = results["protocol"]["image_size"]
     trained = {m: {"task": os.path.join(args.out, "tasks", f"{m}.pt")} for m in results["methods"]}
@@ -218,7 +217,7 @@ def train_all(trainer, args, methods: list[str], seeds: list[int]) -> dict:
             greedy = parse_blocks(args.greedy_blocks, bb)
             notes["greedy"] = {"blocks": greedy, "how": "given with --greedy-blocks (no search in this run)"}
         else:
-            greedy, notes["greedy"] = _greedy(trainer, args, seeds)
+            greedy, notes["greedy"] = _greedy(trainer, args, seeds, done)
     if "subtune" in methods:
         collect("subtune", greedy, {"selection": notes["greedy"]})
     if "subtune_lora" in methods:
@@ -226,19 +225,17 @@ def train_all(trainer, args, methods: list[str], seeds: list[int]) -> dict:
     if "lora_all" in methods:
         collect("lora_all")
     if "surgical" in methods:
-        stage, how = _best_stage(trainer, args, seeds)
+        stage, how = _best_stage(trainer, args, seeds, done)
         collect("surgical", bb.stages[stage], {"stage": stage, "selection": how})
     if "full" in methods:
         collect("full")
     return out
 
 
-def _greedy(trainer, args, seeds):
+def _greedy(trainer, args, seeds, done: "FinishedRuns"):
     from subtune.training.greedy import greedy_select
 
     scores: dict[tuple, float] = {}
-
-    done = FinishedRuns(os.path.join(args.out, "runs"), _settings(trainer, args))
 
     def score(blocks: list[int]) -> float:
         key = tuple(blocks)
@@ -253,13 +250,12 @@ def _greedy(trainer, args, seeds):
     return path.selected, {"blocks": path.selected, "how": "greedy on mean validation accuracy", "path": path.to_json()}
 
 
-def _best_stage(trainer, args, seeds):
+def _best_stage(trainer, args, seeds, done: "FinishedRuns"):
     stages = trainer.backbone.stages
     if args.surgical_stage:
         if args.surgical_stage not in stages:
             raise SystemExit(f"--surgical-stage {args.surgical_stage!r}: expected one of {', '.join(stages)}")
         return args.surgical_stage, {"how": "given with --surgical-stage (no search in this run)"}
-    done = FinishedRuns(os.path.join(args.out, "runs"), _settings(trainer, args))
     val = {name: statistics.fmean(_val_run(done, trainer, "subtune", blocks, s) for s in seeds)
            for name, blocks in stages.items()}
     best = max(val, key=lambda k: (val[k], stages[k][0]))

@@ -102,7 +102,7 @@ def profile(base: "str | os.PathLike | BaseModel", data: "str | Sequence[ImageDa
     Raises ProfileInterrupted (a KeyboardInterrupt) on Ctrl-C during the runs; every finished
     run is then on disk in the runs folder, and the same call again resumes.
     """
-    from subtune.api._train import _prepare, _splits
+    from subtune.api._train import _prepare, _split_datasets, _trainer
 
     _prepare(threads)
     from subtune.atomic import check_writable
@@ -129,20 +129,16 @@ def profile(base: "str | os.PathLike | BaseModel", data: "str | Sequence[ImageDa
 
         RunLog(folder, {})  # only its checks: a file, or a parent that cannot take the folder
 
-    from subtune.training.options import data_summary
-    from subtune.training.trainer import TrainConfig, Trainer, default_epochs
-
     base_model = _load_base(base)
     _, backbone = base_model.build()
     specs = profile_specs(backbone.num_blocks, window=window, seeds=seed_list, starts=start_list, siamese=siamese,
                           baselines=baselines)  # also checks that the windows fit
-    train, val, test_ds = _splits(data, base_model, image_size=image_size, limit=limit, val_split=val_split,
-                                  data_seed=data_seed, label_map=label_map, test=test, test_limit=test_limit)
-    config = TrainConfig(epochs=epochs or default_epochs(len(train)), lr=lr, weight_decay=weight_decay,
-                         batch_size=batch_size, seed=seed, augment=augment, freeze_bn=freeze_bn, cache=cache)
-    say(on_progress, f"data {data_summary(train, val, test_ds)}")
-    budget = None if cache_memory is None else int(cache_memory * 2**30)
-    trainer = Trainer(base_model, train, val, test_ds, config=config, cache_dir=cache_dir, memory_budget=budget)
+    trainer = _trainer(base_model, data, image_size=image_size, limit=limit, val_split=val_split, data_seed=data_seed,
+                       label_map=label_map, test=test, test_limit=test_limit, epochs=epochs, lr=lr,
+                       weight_decay=weight_decay, batch_size=batch_size, seed=seed, augment=augment,
+                       freeze_bn=freeze_bn, cache=cache, cache_dir=cache_dir, cache_memory=cache_memory,
+                       on_progress=on_progress)
+    train, val, test_ds, config = *_split_datasets(trainer), trainer.config
 
     data_spec = str(data) if isinstance(data, (str, os.PathLike)) else train.info.get("spec")
     datasets = {s: d.info for s, d in (("train", train), ("val", val), ("test", test_ds)) if d is not None}

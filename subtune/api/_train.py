@@ -119,9 +119,7 @@ def train(base: "str | os.PathLike | BaseModel", data: "str | Sequence[ImageData
         raise SubtuneError("--max-blocks must be at least 1")
 
     from subtune.models.blocks import parse_blocks
-    from subtune.training.options import data_summary
     from subtune.training.outputs import result_model, save_model
-    from subtune.training.trainer import Trainer, TrainConfig, default_epochs
 
     base_model = _load_base(base)
     _, backbone = base_model.build()
@@ -134,14 +132,12 @@ def train(base: "str | os.PathLike | BaseModel", data: "str | Sequence[ImageData
         budgets = parse_budgets(",".join(map(str, feature_budget)) if isinstance(feature_budget, (list, tuple))
                                 else feature_budget)
 
-    train_ds, val_ds, test_ds = _splits(data, base_model, image_size=image_size, limit=limit, val_split=val_split,
-                                        data_seed=data_seed, label_map=label_map, test=test, test_limit=test_limit)
-    config = TrainConfig(epochs=epochs or default_epochs(len(train_ds)), lr=lr, weight_decay=weight_decay,
-                         batch_size=batch_size, seed=seed, augment=augment, freeze_bn=freeze_bn, cache=cache)
-    say(on_progress, f"data {data_summary(train_ds, val_ds, test_ds)}")
-    budget = None if cache_memory is None else int(cache_memory * 2**30)
-    trainer = Trainer(base_model, train_ds, val_ds, test_ds, config=config, cache_dir=cache_dir,
-                      memory_budget=budget, log=log.warning)
+    trainer = _trainer(base_model, data, image_size=image_size, limit=limit, val_split=val_split, data_seed=data_seed,
+                       label_map=label_map, test=test, test_limit=test_limit, epochs=epochs, lr=lr,
+                       weight_decay=weight_decay, batch_size=batch_size, seed=seed, augment=augment,
+                       freeze_bn=freeze_bn, cache=cache, cache_dir=cache_dir, cache_memory=cache_memory,
+                       on_progress=on_progress)
+    train_ds, val_ds, test_ds, config = *_split_datasets(trainer), trainer.config
     path = None
     if mode == "linear":
         run = trainer.linear()
@@ -216,6 +212,27 @@ def _blocks_text(blocks) -> str | None:
     except (TypeError, ValueError):
         raise SubtuneError(f"blocks: expected FIRST-LAST, a list of block numbers, a stage name or 'auto'; "
                            f"found {blocks!r}") from None
+
+
+def _trainer(base_model, data, *, image_size, limit, val_split, data_seed, label_map, test, test_limit, epochs, lr,
+             weight_decay, batch_size, seed, augment, freeze_bn, cache, cache_dir, cache_memory, on_progress):
+    """A Trainer on the data's splits (`_splits`), with the training configuration (epochs by the
+    training split's size when not given); says the `data ...` progress line."""
+    from subtune.training.options import data_summary
+    from subtune.training.trainer import Trainer, TrainConfig, default_epochs
+
+    train, val, test_ds = _splits(data, base_model, image_size=image_size, limit=limit, val_split=val_split,
+                                  data_seed=data_seed, label_map=label_map, test=test, test_limit=test_limit)
+    config = TrainConfig(epochs=epochs or default_epochs(len(train)), lr=lr, weight_decay=weight_decay,
+                         batch_size=batch_size, seed=seed, augment=augment, freeze_bn=freeze_bn, cache=cache)
+    say(on_progress, f"data {data_summary(train, val, test_ds)}")
+    budget = None if cache_memory is None else int(cache_memory * 2**30)
+    return Trainer(base_model, train, val, test_ds, config=config, cache_dir=cache_dir, memory_budget=budget)
+
+
+def _split_datasets(trainer) -> tuple:
+    """(train, val, test or None) of a Trainer."""
+    return trainer.data["train"], trainer.data["val"], trainer.data.get("test")
 
 
 def _splits(data, base, *, image_size, limit, val_split, data_seed, label_map, test, test_limit):

@@ -37,6 +37,16 @@ def write_json(path: str | Path, result: Any) -> None:
     write_text(path, json.dumps(to_jsonable(result), indent=2) + "\n")
 
 
+def read_results(path: str | Path, flag: str) -> dict:
+    """A results JSON a bench script wrote, for its `flag` (--render, --retime); a bad file ends the
+    script with one line."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{flag} expects a results.json this script wrote; could not read {path}: {e}") from None
+
+
 def save_result(directory: str | Path, stem: str, result: Any, text: str) -> list[Path]:
     """`stem`.json and `stem`.txt in `directory` (made if missing): the bench scripts' outputs."""
     directory = Path(directory)

@@ -73,7 +73,7 @@ def run_one(trainer: Trainer, spec: RunSpec) -> dict:
     if spec.mode == "subtune":
         result = trainer.subtune(list(spec.blocks), siamese=spec.siamese, seed=spec.seed, test=spec.test)
     elif spec.mode == "linear":
-        result = trainer.linear(seed=spec.seed)
+        result = trainer.linear(seed=spec.seed, test=spec.test)
     elif spec.mode == "head2toe":
         result = trainer.head2toe(seed=spec.seed, test=spec.test)
     elif spec.mode == "lora":

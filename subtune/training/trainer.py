@@ -143,9 +143,9 @@ class Trainer:
                          freeze_bn=self.config.freeze_bn, seed=seed)
         return self._run(net, "subtune", list(blocks), seed, test)
 
-    def linear(self, *, seed: int | None = None) -> TrainResult:
+    def linear(self, *, seed: int | None = None, test: bool = True) -> TrainResult:
         seed = self.config.seed if seed is None else seed
-        return self._run(SubTuneNet(self.backbone, [], len(self.classes), seed=seed), "linear", [], seed)
+        return self._run(SubTuneNet(self.backbone, [], len(self.classes), seed=seed), "linear", [], seed, test)
 
     def full(self, *, seed: int | None = None) -> TrainResult:
         seed = self.config.seed if seed is None else seed
