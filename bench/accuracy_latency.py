@@ -1,6 +1,6 @@
 """The paper's Figure 4 on this machine: accuracy against the latency each window adds, with
 the Pareto front, from a finetuning profile written by the trainer (format: see
-subtune/bench/tradeoff.py).
+subtune/benchmarking/tradeoff.py).
 
     python bench/accuracy_latency.py PROFILE.json --base base.pt [--budget-ms 2] [--batch 1]
     python bench/accuracy_latency.py PROFILE.json --arch torchvision:resnet50   # random base weights
@@ -14,11 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from subtune.bench import plots
-from subtune.bench.harness import protocol_from_flags
-from subtune.bench.report import save_result, tradeoff_table
-from subtune.bench.tradeoff import load_profile, measure_tradeoff
-from subtune.formats import load_base, make_base
+from subtune.benchmarking import plots
+from subtune.benchmarking.harness import protocol_from_flags
+from subtune.benchmarking.report import save_result, tradeoff_table
+from subtune.benchmarking.tradeoff import load_profile, measure_tradeoff
+from subtune.formats import load_base
+from subtune.models import make_base
 
 
 def main(argv: list[str] | None = None) -> int:

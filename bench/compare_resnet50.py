@@ -19,12 +19,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from subtune.bench import plots
-from subtune.bench.compare import run_compare
-from subtune.bench.harness import protocol_from_flags
-from subtune.bench.report import compare_table, save_result
-from subtune.bench.variants import RuntimeSpec
-from subtune.formats import make_base
+from subtune.benchmarking import plots
+from subtune.benchmarking.compare import run_compare
+from subtune.benchmarking.harness import protocol_from_flags
+from subtune.benchmarking.report import compare_table, save_result
+from subtune.benchmarking.variants import RuntimeSpec
+from subtune.models import make_base
 from subtune.synthetic import synthetic_task
 
 

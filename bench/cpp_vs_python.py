@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from subtune.host import cpu_flags
+from subtune.machine import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def tiny_graph(path: Path) -> Path:
 
     from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
     from subtune.compiler.plan import Plan
-    from subtune.formats import make_base
+    from subtune.models import make_base
     from subtune.synthetic import synthetic_task
 
     base = make_base("subtune:tiny_resnet", seed=0)
@@ -96,7 +96,7 @@ def cpp_block(cli: Path, model: Path, batch: int, threads: int, warmup: int, ite
 
 
 def python_block(session, x: np.ndarray, warmup: int, iters: int) -> float:
-    from subtune.bench.harness import _timed_block
+    from subtune.benchmarking.harness import _timed_block
 
     feed = {session.get_inputs()[0].name: x}
     for _ in range(warmup):
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("cpp_vs_python: error: batches, --threads, --iters and --repeats must be at least 1, --warmup at least 0")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from subtune.bench.machine import machine_info
-    from subtune.bench.report import save_result, table
+    from subtune.machine import machine_info
+    from subtune.benchmarking.report import save_result, table
 
     cli = args.cli or build_cli(ROOT / "build" / "cpp-bench")
     model = args.model or tiny_graph(args.out / "tiny_model.onnx")

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", default="out/fmnist_profile")
     args = p.parse_args(argv)
     if args.render:
-        from subtune.bench.report import read_results
+        from subtune.benchmarking.report import read_results
 
         results = read_results(args.render, "--render")
         table = format_table(results)

@@ -1,5 +1,5 @@
 """The harness' own overhead on a trivial (one Identity node) model: the floor under every
-latency subtune-bench reports (see subtune/bench/overhead.py for what each line times).
+latency subtune-bench reports (see subtune/benchmarking/overhead.py for what each line times).
 
     python bench/harness_overhead.py [--paper-protocol] [--threads 1]
 
@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from subtune.bench.harness import PAPER_PROTOCOL, Protocol
-from subtune.bench.overhead import measure_overhead
-from subtune.bench.report import overhead_table, save_result
+from subtune.benchmarking.harness import PAPER_PROTOCOL, Protocol
+from subtune.benchmarking.overhead import measure_overhead
+from subtune.benchmarking.report import overhead_table, save_result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from subtune.bench.harness import Protocol, time_interleaved
-from subtune.bench.machine import machine_info
-from subtune.bench.report import save_result, table
+from subtune.benchmarking.harness import Protocol, time_interleaved
+from subtune.machine import machine_info
+from subtune.benchmarking.report import save_result, table
 
 COARSE4 = "tops=0,2,4,6;bottoms=1,3;footwear=5,7,9;bags=8"
 R50_TASKS = [  # name, label map (None: the ten classes)

@@ -20,7 +20,7 @@ Methods, per training seed (test accuracy reported, never used to choose):
     full       full finetuning: a whole second model beside the base, not a task delta
 
 Then one task per method (the first seed's) is compiled into one graph and verified; the
-latency each adds is measured on ONNX Runtime CPU, interleaved (subtune/bench/harness.py), at
+latency each adds is measured on ONNX Runtime CPU, interleaved (subtune/benchmarking/harness.py), at
 each --batch: alone (base + that task, minus the base alone) and in the graph (the whole graph
 minus the graph without that task). Full finetuning adds a whole model's run (its own ONNX).
 
@@ -47,7 +47,7 @@ import time  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_cache_speedup import labelled_splits, pretrained_base  # noqa: E402
 from subtune.atomic import atomic_path, write_text  # noqa: E402
-from subtune.host import cpu_flags  # noqa: E402
+from subtune.machine import cpu_flags  # noqa: E402
 
 ARCH = "timm:efficientnet_lite0"
 METHODS = ["linear", "head2toe", "subtune", "subtune_lora", "lora_all", "surgical", "full"]
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", default="out/methods")
     args = p.parse_args(argv)
     if args.render:
-        from subtune.bench.report import read_results
+        from subtune.benchmarking.report import read_results
 
         results = read_results(args.render, "--render")
         _write(args.out, results)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from subtune.bench.machine import machine_info
+    from subtune.machine import machine_info
     from subtune.training.data import load_dataset
     from subtune.training.trainer import TrainConfig, Trainer
 
@@ -133,11 +133,11 @@ def retime(args) -> int:
     """Latency again for a finished run (e.g. on a quieter machine): same tasks, same table."""
     import torch
 
-    from subtune.bench.machine import machine_info
+    from subtune.machine import machine_info
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from subtune.bench.report import read_results
+    from subtune.benchmarking.report import read_results
 
     results = read_results(args.retime, "--retime")
     machine = machine_info(args.threads or torch.get_num_threads())
@@ -268,7 +268,7 @@ class FinishedRuns:
     whose digest matches (an interrupted comparison resumes, a changed setting retrains)."""
 
     def __init__(self, folder: str, settings: dict):
-        from subtune.cluster.runlog import settings_digest
+        from subtune.sweeps.runlog import settings_digest
 
         self.folder, self.digest = folder, settings_digest(settings)
 
@@ -323,7 +323,7 @@ def measure_latency(base, trained: dict, args) -> dict:
     """Compile (and verify) every graph, then time them all interleaved at each batch size."""
     import numpy as np
 
-    from subtune.bench.harness import Protocol, time_interleaved
+    from subtune.benchmarking.harness import Protocol, time_interleaved
     from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
     from subtune.compiler.plan import Plan
     from subtune.formats import load_base, load_task
@@ -504,7 +504,7 @@ def format_table(r: dict) -> str:
 
 
 def plot(r: dict, path: str) -> None:
-    from subtune.bench.plots import _pyplot, _save
+    from subtune.benchmarking.plots import _pyplot, _save
 
     plt = _pyplot()
     lat = r["latency"]["batches"]

@@ -114,8 +114,8 @@ def latency_table(args, base, task) -> dict:
     """The 4-task graph, unpruned and pruned, timed interleaved on ONNX Runtime CPU at batch 1."""
     import numpy as np
 
-    from subtune.bench.harness import Protocol, time_interleaved
-    from subtune.bench.machine import machine_info, usable_cores
+    from subtune.benchmarking.harness import Protocol, time_interleaved
+    from subtune.machine import machine_info, usable_cores
     from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
     from subtune.compiler.plan import Plan
     from subtune.pruning.plan import PruneOptions

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from subtune.bench.harness import Protocol, Timing, time_interleaved
-from subtune.bench.machine import machine_info
-from subtune.bench.report import context_line, save_result, table
+from subtune.benchmarking.harness import Protocol, Timing, time_interleaved
+from subtune.machine import machine_info
+from subtune.benchmarking.report import context_line, save_result, table
 from subtune.models.blocks import block_span
 
 VARIANTS = ("fp32", "int8 tensorrt", "int8 cpu")
@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> Result:
     import time
 
-    from subtune.bench.machine import usable_cores
-    from subtune.formats import load_base, load_task, make_base
+    from subtune.machine import usable_cores
+    from subtune.formats import load_base, load_task
+    from subtune.models import make_base
     from subtune.quantization import PrecisionOptions, reduce_precision
     from subtune.quantization.calibration import load_calibration_set, normalization
     from subtune.quantization.compare import agreement, base_output_difference, labelled_outputs, run_batches

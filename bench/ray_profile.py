@@ -32,7 +32,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from subtune.atomic import write_text  # noqa: E402
-from subtune.host import cpu_flags  # noqa: E402
+from subtune.machine import cpu_flags  # noqa: E402
 
 TIMING = ("seconds", "eval_seconds")
 
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from train_cache_speedup import pretrained_base
 
-    from subtune.bench.machine import machine_info
-    from subtune.cluster import RayExecutor
+    from subtune.machine import machine_info
+    from subtune.sweeps import RayExecutor
     from subtune.training.data import load_dataset
     from subtune.training.options import normalisation
     from subtune.training.profile import SerialExecutor, profile_specs, run_profile
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _remote_warm_up():
-    import subtune.cluster.ray_executor  # noqa: F401  (torch and the trainer: what a first run imports)
+    import subtune.sweeps.ray_executor  # noqa: F401  (torch and the trainer: what a first run imports)
 
     time.sleep(1.0)  # hold the CPU so each warm-up lands on its own worker
     return os.getpid()

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def pretrained_base(arch: str):
     """The ImageNet-pretrained base for architectures with packaged weights, else random (said so)."""
-    from subtune.formats import make_base
+    from subtune.models import make_base
     from subtune.weights import PRETRAINED_PACKAGES, load_state_dict, pretrained_package_path
 
     if arch in PRETRAINED_PACKAGES:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from subtune.host import cpu_flags
+from subtune.machine import cpu_flags
 
 MAX_REQUESTS_PER_CELL = 200_000
 BACKOFF_S = 0.02  # after a failed request, so a down server is not hammered in a tight loop
@@ -78,9 +78,10 @@ def export_split(base_path: Path, task_paths: list[Path], graph: Path, folder: P
     import onnx_ir as ir
     import torch
 
-    from subtune.bench.variants import EXPORT_BATCH, PrefixModel, remainder_model
+    from subtune.benchmarking.variants import EXPORT_BATCH, PrefixModel, remainder_model
     from subtune.compiler.export import export_onnx
-    from subtune.formats import load_base, load_task, validate_task
+    from subtune.delta import validate_task
+    from subtune.formats import load_base, load_task
     from subtune.serving.graph import read_graph
 
     info = read_graph(graph)
@@ -344,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", default="out/triton_load")
     args = p.parse_args(argv)
 
-    from subtune.bench.machine import machine_info, usable_cores
-    from subtune.bench.report import save_result
+    from subtune.machine import machine_info, usable_cores
+    from subtune.benchmarking.report import save_result
     from subtune.serving.graph import read_graph
     from subtune.serving.server import ServerOptions, TritonServer, free_port
 
@@ -522,7 +523,7 @@ def fmt(v) -> str:
 
 
 def report(result: dict, max_batch: int) -> str:
-    from subtune.bench.report import table
+    from subtune.benchmarking.report import table
 
     m = result["machine_before"]
     lines = [f"Triton load: {result['graph']} (outputs {', '.join(result['outputs'])}; input {result['input']}), "

@@ -13,7 +13,7 @@ and never prints.
 
 import logging
 
-__version__ = "0.1.0"
+from subtune.version import __version__
 
 _API = {
     "compile", "CompileResult", "train", "TrainResult", "profile", "ProfileResult", "ProfileInterrupted",

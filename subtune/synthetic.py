@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from subtune.formats import BaseModel, TaskDelta, make_task
-from subtune.models import Backbone
+from subtune.delta import TaskDelta, make_task
+from subtune.models import Backbone, BaseModel
 
 
 def synthetic_task(base: BaseModel, name: str, blocks: list[int], *, num_classes: int = 10,

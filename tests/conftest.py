@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session")
 def resnet18_base():
-    from subtune.formats import make_base
+    from subtune.models import make_base
 
     return make_base("torchvision:resnet18", {"num_classes": 7}, seed=0)
 

@@ -16,7 +16,7 @@ import pytest
 
 import subtune
 from subtune.errors import SubtuneError, VerificationError
-from subtune.formats import make_base
+from subtune.models import make_base
 from subtune.synthetic import synthetic_task
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from subtune.errors import SubtuneError
-from subtune.formats import (BASE_FORMAT, TASK_FORMAT, fingerprint, load_base, load_task, save_base, save_task,
-                             validate_task)
+from subtune.delta import validate_task
+from subtune.formats import BASE_FORMAT, TASK_FORMAT, load_base, load_task, save_base, save_task
+from subtune.models import fingerprint
 from subtune.synthetic import synthetic_task
 
 

@@ -20,7 +20,7 @@ The command line parses arguments, calls one of these and prints.
 
 User errors raise subtune.errors.SubtuneError (one line, says what to do). Progress and what
 was written are logged on the "subtune" logger; nothing here prints. (`benchmark` is not
-`bench`: `subtune.bench` is the benchmarking package.)
+`bench`: `subtune.benchmarking` is the benchmarking package.)
 
 Each verb lives in its own module, imported on first use, and heavy libraries (torch, onnx,
 onnxruntime) inside the functions, so importing this package stays cheap.

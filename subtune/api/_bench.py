@@ -3,7 +3,7 @@ three modes. The latency of a model file; the four deployments of a base and its
 side ((a) base alone, (b) naive, (c) split sessions, (d) the compiled graph); and the added
 latency of each window of a finetuning profile against its accuracy.
 
-(`benchmark`, not `bench`: `subtune.bench` is the benchmarking package these are built on.)"""
+(`benchmark`, not `bench`: `subtune.benchmarking` is the benchmarking package these are built on.)"""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from subtune.api._common import _batches, _image_size, _load_base, _load_task
 from subtune.errors import SubtuneError
 
 if TYPE_CHECKING:
-    from subtune.bench.harness import Protocol
-    from subtune.formats import BaseModel, TaskDelta
+    from subtune.benchmarking.harness import Protocol
+    from subtune.delta import TaskDelta
+    from subtune.models import BaseModel
 
 log = logging.getLogger("subtune")
 
@@ -42,13 +43,13 @@ class BenchResult:
     @property
     def report(self) -> dict[str, Any]:
         """What the JSON holds."""
-        from subtune.bench.report import to_jsonable
+        from subtune.benchmarking.report import to_jsonable
 
         return to_jsonable(self.result)
 
     def table(self) -> str:
         """The human-readable table `subtune-bench` prints."""
-        from subtune.bench import report
+        from subtune.benchmarking import report
 
         render = {"model": report.model_table, "compare": report.compare_table, "profile": report.tradeoff_table}
         return render[self.kind](self.result)
@@ -62,8 +63,8 @@ def benchmark(model: str | os.PathLike, *, batches: Sequence[int] = (1,), protoc
     """Time one model file: a .onnx in ONNX Runtime, or a .plan/.engine in TensorRT, on random
     inputs at each batch size. protocol (or warmup/iters/repeats/paper_protocol): the timing
     protocol (default 10 warm-up runs, 5 repeats of 30). json: write the result there."""
-    from subtune.bench.latency import bench_runner
-    from subtune.bench.machine import usable_cores
+    from subtune.benchmarking.latency import bench_runner
+    from subtune.machine import usable_cores
     from subtune.runtimes import ENGINE_SUFFIXES, runner_for_file
 
     batches = list(_batches(batches, "--batch"))
@@ -95,7 +96,7 @@ def benchmark_compare(base: "str | os.PathLike | BaseModel", tasks: "Sequence[st
     (provider cpu|cuda|tensorrt), torch (device cpu|cuda) or tensorrt (cuda_graph).
     For ONNX Runtime this must run before any other ONNX Runtime session in this process
     (it sizes the process-wide thread pool). json, plot: write the result / a figure there."""
-    from subtune.bench.compare import run_compare
+    from subtune.benchmarking.compare import run_compare
 
     batches = list(_batches(batches, "--batch"))
     protocol = _protocol(protocol, warmup, iters, repeats, paper_protocol)
@@ -124,7 +125,7 @@ def benchmark_profile(base: "str | os.PathLike | BaseModel", profile: str | os.P
     """Each window of a finetuning profile (the JSON of `subtune profile`): its accuracy against
     the latency it adds to the base at `batch`. budget_ms: result.result.chosen is the most
     accurate window adding at most this (None when none does)."""
-    from subtune.bench.tradeoff import load_profile, measure_tradeoff
+    from subtune.benchmarking.tradeoff import load_profile, measure_tradeoff
 
     (batch,) = _batches((batch,), "--batch")
     protocol = _protocol(protocol, warmup, iters, repeats, paper_protocol)
@@ -143,13 +144,13 @@ def benchmark_profile(base: "str | os.PathLike | BaseModel", profile: str | os.P
 
 
 def _finish(result: BenchResult, plot_name: str | None) -> BenchResult:
-    from subtune.bench.report import write_json
+    from subtune.benchmarking.report import write_json
 
     if result.json_path is not None:
         write_json(result.json_path, result.result)
         log.info("wrote %s", result.json_path)
     if result.plot_path is not None and plot_name:
-        from subtune.bench import plots
+        from subtune.benchmarking import plots
 
         getattr(plots, plot_name)(result.result, result.plot_path)
         log.info("wrote %s", result.plot_path)
@@ -159,11 +160,11 @@ def _finish(result: BenchResult, plot_name: str | None) -> BenchResult:
 def _protocol(protocol, warmup, iters, repeats, paper_protocol):
     from types import SimpleNamespace
 
-    from subtune.bench.harness import Protocol, protocol_from_flags
+    from subtune.benchmarking.harness import Protocol, protocol_from_flags
 
     if protocol is not None:
         if not isinstance(protocol, Protocol):
-            raise SubtuneError(f"protocol: expected a subtune.bench.harness.Protocol, found {type(protocol).__name__}")
+            raise SubtuneError(f"protocol: expected a subtune.benchmarking.harness.Protocol, found {type(protocol).__name__}")
         return protocol
     return protocol_from_flags(SimpleNamespace(paper_protocol=paper_protocol, warmup=warmup, iters=iters,
                                                repeats=repeats))
@@ -188,7 +189,7 @@ def _outputs(json_path, plot_path) -> tuple[Path | None, Path | None]:
 
 
 def _runtime_spec(runtime: str, provider, device, cuda_graph: bool, batches: list[int]):
-    from subtune.bench.variants import RuntimeSpec
+    from subtune.benchmarking.variants import RuntimeSpec
 
     runtime = runtime or "onnxruntime"
     if runtime not in RUNTIMES:

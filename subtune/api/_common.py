@@ -19,23 +19,25 @@ def _where(obj) -> str:
 
 
 def _load_base(base):
-    from subtune.formats import BaseModel, load_base
+    from subtune.formats import load_base
+    from subtune.models import BaseModel
 
     if isinstance(base, BaseModel):
         return base
     if isinstance(base, (str, os.PathLike)):
         return load_base(base)
-    raise SubtuneError(f"base: expected a path or a subtune.formats.BaseModel, found {type(base).__name__}")
+    raise SubtuneError(f"base: expected a path or a subtune.models.BaseModel, found {type(base).__name__}")
 
 
 def _load_task(task):
-    from subtune.formats import TaskDelta, load_task
+    from subtune.delta import TaskDelta
+    from subtune.formats import load_task
 
     if isinstance(task, TaskDelta):
         return task
     if isinstance(task, (str, os.PathLike)):
         return load_task(task)
-    raise SubtuneError(f"task: expected a path or a subtune.formats.TaskDelta, found {type(task).__name__}")
+    raise SubtuneError(f"task: expected a path or a subtune.delta.TaskDelta, found {type(task).__name__}")
 
 
 def _batches(values, what: str) -> tuple[int, ...]:

@@ -20,7 +20,8 @@ from subtune.errors import SubtuneError, VerificationError
 
 if TYPE_CHECKING:
     from subtune.compiler.plan import Plan
-    from subtune.formats import BaseModel, TaskDelta
+    from subtune.delta import TaskDelta
+    from subtune.models import BaseModel
     from subtune.pruning.plan import PruneOptions
     from subtune.quantization import PrecisionOptions
 
@@ -87,7 +88,7 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
     from subtune.atomic import check_writable
     from subtune.compiler.export import external_data_path
 
-    from subtune.formats import TaskDelta
+    from subtune.delta import TaskDelta
 
     tasks = [tasks] if isinstance(tasks, (str, os.PathLike, TaskDelta)) else list(tasks)  # one task, or a list
     out = check_writable(output)

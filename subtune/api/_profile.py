@@ -2,9 +2,9 @@
 of consecutive blocks trained on its own (and, optionally, baselines beside them), with validation
 accuracy, trainable parameters and time per window; writes the profile JSON and a PNG atomically.
 
-Each finished run is written to a runs folder as it ends (subtune.cluster.RunLog), so an
+Each finished run is written to a runs folder as it ends (subtune.sweeps.RunLog), so an
 interrupted profile resumes: the same call again runs only what is missing. Runs go serially in
-this process or, with `ray`, as Ray tasks (subtune.cluster.RayExecutor). A Ctrl-C raises
+this process or, with `ray`, as Ray tasks (subtune.sweeps.RayExecutor). A Ctrl-C raises
 ProfileInterrupted (a KeyboardInterrupt) saying how many runs are saved and where.
 """
 
@@ -23,7 +23,7 @@ from subtune.api._common import _load_base, _where, say
 from subtune.errors import SubtuneError
 
 if TYPE_CHECKING:
-    from subtune.formats import BaseModel
+    from subtune.models import BaseModel
     from subtune.training.data import ImageDataset
     from subtune.training.profile import Profile
 
@@ -118,14 +118,14 @@ def profile(base: "str | os.PathLike | BaseModel", data: "str | Sequence[ImageDa
     start_list = _ints(starts, "--starts") if starts is not None else None
     baselines = baseline_names(baselines)  # a one-line error for an unknown name, before any work
     if ray:  # before any work: Ray installed, and the resources each run declares
-        from subtune.cluster.ray_executor import import_ray
+        from subtune.sweeps.ray_executor import import_ray
 
         import_ray()
         if ray_cpus_per_run <= 0 or ray_gpus_per_run < 0:
             raise SubtuneError("--ray-cpus-per-run must be positive and --ray-gpus-per-run non-negative")
     folder = Path(runs) if runs is not None else out.with_suffix(".runs") if out is not None else None
     if folder is not None:
-        from subtune.cluster import RunLog
+        from subtune.sweeps import RunLog
 
         RunLog(folder, {})  # only its checks: a file, or a parent that cannot take the folder
 
@@ -144,7 +144,7 @@ def profile(base: "str | os.PathLike | BaseModel", data: "str | Sequence[ImageDa
     datasets = {s: d.info for s, d in (("train", train), ("val", val), ("test", test_ds)) if d is not None}
     runlog, done = None, {}
     if folder is not None:
-        from subtune.cluster import RunLog
+        from subtune.sweeps import RunLog
 
         runlog = RunLog(folder, {"base_fingerprint": base_model.fingerprint, "data": data_spec,
                                  "training": config.to_meta(), "datasets": datasets})
@@ -214,11 +214,11 @@ def _run(trainer, specs, done: dict, runlog, *, window: int, seeds: list[int], s
     finished = [resumed]  # runs of this profile on disk, for ProfileInterrupted
     try:
         # On Ray, the executor turns SIGINT into KeyboardInterrupt only where Ray can stop cleanly, and
-        # leaving it stops the local instance with all its processes (subtune.cluster.ray_executor, rule 5).
+        # leaving it stops the local instance with all its processes (subtune.sweeps.ray_executor, rule 5).
         with contextlib.ExitStack() as stack:
             executor = None
             if ray:
-                from subtune.cluster import RayExecutor
+                from subtune.sweeps import RayExecutor
 
                 executor = stack.enter_context(RayExecutor(
                     trainer, address=None if ray == "local" else ray, cpus_per_run=cpus_per_run,

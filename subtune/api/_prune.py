@@ -17,7 +17,8 @@ from subtune.api._common import _load_base, _load_task, _where, report_path
 from subtune.errors import SubtuneError
 
 if TYPE_CHECKING:
-    from subtune.formats import BaseModel, TaskDelta
+    from subtune.delta import TaskDelta
+    from subtune.models import BaseModel
     from subtune.pruning.plan import PruneOptions
     from subtune.pruning.sweep import Sweep
 
@@ -76,7 +77,8 @@ def prune(base: "str | os.PathLike | BaseModel", task: "str | os.PathLike | Task
         `<output stem>.report.json` beside it, a path writes it there.
     """
     from subtune.atomic import check_writable, write_text
-    from subtune.formats import save_task, validate_task
+    from subtune.delta import validate_task
+    from subtune.formats import save_task
     from subtune.pruning.plan import PruneOptions
     from subtune.pruning.prune import prune_task
 
@@ -126,7 +128,7 @@ def prune_sweep(base: "str | os.PathLike | BaseModel", task: "str | os.PathLike 
         there, False none. ray: "local", "auto" or HOST:PORT runs the points as Ray tasks.
     progress: a progress bar on stderr (tqdm)."""
     from subtune.atomic import check_writable, write_text
-    from subtune.formats import validate_task
+    from subtune.delta import validate_task
     from subtune.pruning.plan import PruneOptions
     from subtune.pruning.sweep import plot_sweep, run_sweep
 
@@ -156,7 +158,7 @@ def prune_sweep(base: "str | os.PathLike | BaseModel", task: "str | os.PathLike 
                                        disable=None if progress else True))
 
         def on_ray(work):
-            from subtune.cluster import RayMap
+            from subtune.sweeps import RayMap
 
             pool = stack.enter_context(RayMap(work, address=None if ray == "local" else ray,
                                               cpus_per_run=ray_cpus_per_run, gpus_per_run=ray_gpus_per_run))

@@ -16,7 +16,8 @@ from subtune.api._common import _load_base, _load_task, _where, say
 from subtune.errors import SubtuneError
 
 if TYPE_CHECKING:
-    from subtune.formats import BaseModel, TaskDelta
+    from subtune.delta import TaskDelta
+    from subtune.models import BaseModel
 
 log = logging.getLogger("subtune")
 
@@ -72,7 +73,7 @@ def select(base: "str | os.PathLike | BaseModel", task: "str | os.PathLike | Tas
     import torch
 
     from subtune.atomic import check_writable, write_text
-    from subtune.formats import validate_task
+    from subtune.delta import validate_task
     from subtune.training.active import margins, pick_smallest_margins
     from subtune.training.cache import ActivationStore
     from subtune.training.data import load_dataset

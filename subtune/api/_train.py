@@ -16,7 +16,8 @@ from subtune.api._common import _load_base, _where, report_path, say
 from subtune.errors import SubtuneError
 
 if TYPE_CHECKING:
-    from subtune.formats import BaseModel, TaskDelta
+    from subtune.delta import TaskDelta
+    from subtune.models import BaseModel
     from subtune.training.data import ImageDataset
     from subtune.training.trainer import TrainResult as Run
 
@@ -90,7 +91,7 @@ def train(base: "str | os.PathLike | BaseModel", data: "str | Sequence[ImageData
     began = time.perf_counter()
     _prepare(threads)
     from subtune.atomic import check_writable
-    from subtune.formats import TASK_NAME
+    from subtune.delta import TASK_NAME
     from subtune.training.outputs import task_name_from
 
     out = check_writable(Path(output)) if output is not None else None
@@ -283,7 +284,7 @@ def _greedy_on_ray(trainer, *, ray: str, cpus_per_run: float, gpus_per_run: floa
     and threads give the same weights)."""
     import torch
 
-    from subtune.cluster import RayExecutor
+    from subtune.sweeps import RayExecutor
     from subtune.training.greedy import greedy_select
     from subtune.training.profile import window_scorer
 

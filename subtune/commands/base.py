@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from subtune.atomic import check_writable
     from subtune.errors import SubtuneError
-    from subtune.formats import make_base, save_base
+    from subtune.formats import save_base
+    from subtune.models import make_base
     from subtune.weights import load_state_dict, pretrained_package_path
 
     check_writable(args.output)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from subtune.commands.values import image_size, int_list
+from subtune.commands.flag_values import image_size, int_list
 
 RUNTIME_CHOICES = ("onnxruntime", "torch", "tensorrt")
 PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from subtune.atomic import check_writable
-    from subtune.bench.harness import protocol_from_flags
+    from subtune.benchmarking.harness import protocol_from_flags
     from subtune.errors import SubtuneError
 
     batches = int_list(args.batch, "--batch", positive=True)

@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from subtune.commands.values import image_size, int_list
+from subtune.commands.flag_values import image_size, int_list
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

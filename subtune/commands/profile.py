@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from subtune.commands.values import int_list
+from subtune.commands.flag_values import int_list
 from subtune.errors import SubtuneError
 from subtune.training.options import add_data_arguments, add_training_arguments
 

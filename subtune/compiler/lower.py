@@ -10,7 +10,7 @@ does no tensor arithmetic of its own, only calls to those parts and the base net
 exported node lies inside one of them; RecordStreamRolesPass stores the role in each node, and
 INT8 base pinning reads it there (subtune/quantization/base_stream.py).
 
-Tap tasks (Head2Toe, the linear probe; formats.TaskDelta) do not fork: their branch reads the
+Tap tasks (Head2Toe, the linear probe; delta.TaskDelta) do not fork: their branch reads the
 base chunk of the shared stream right after the shared block that produces each tapped point
 (the features for point N + 2), pools, concatenates, gathers the selected features and
 applies the head. The shared stream itself is left as it was, so the base output is untouched.
@@ -23,7 +23,7 @@ from torch import nn
 
 from subtune.compiler.schedule import Fork, Merge, RunBlock, Schedule
 from subtune.delta.modules import TapHead, task_blocks, task_head
-from subtune.formats import TaskDelta
+from subtune.delta import TaskDelta
 from subtune.models import Backbone
 from subtune.passes.record_stream_roles import BASE, MERGE, SPLIT, TAP, fork_role, task_role
 

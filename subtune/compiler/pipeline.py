@@ -35,16 +35,16 @@ from typing import TYPE_CHECKING, Callable
 import onnx_ir as ir
 import torch
 
-import subtune
 from subtune.compiler.export import export_onnx, needs_external_data, onnx_bytes, onnx_on_disk, weight_bytes
 from subtune.compiler.lower import MultiTaskModel
 from subtune.compiler.plan import Plan
 from subtune.compiler.schedule import Fork, schedule_streams
 from subtune.compiler.verify import checks_to_json, verify
+from subtune.delta import check_preprocess, validate_task
 from subtune.errors import SubtuneError, VerificationError
-from subtune.formats import check_preprocess, validate_task
 from subtune.passes import (AttachMetadataPass, CheckTensorRTCompatPass, NameBatchDimPass, NameStreamNodesPass,
                             RecordStreamRolesPass, StripExportMetadataPass)
+from subtune.version import __version__
 
 if TYPE_CHECKING:
     from subtune.pruning.plan import PruneOptions
@@ -206,7 +206,7 @@ def clean_up(plan: Plan, options: CompileOptions) -> None:
 
 def _metadata(plan: Plan) -> dict[str, object]:
     meta: dict[str, object] = {
-        "subtune.version": subtune.__version__,
+        "subtune.version": __version__,
         "subtune.arch": plan.base.arch,
         "subtune.base_fingerprint": plan.base.fingerprint,
         "subtune.input_size": list(plan.input_size),

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from subtune.formats import BaseModel, TaskDelta
+from subtune.delta import TaskDelta
+from subtune.models import BaseModel
 
 if TYPE_CHECKING:
     import onnx_ir as ir

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from subtune.delta.standalone import task_net
-from subtune.formats import TaskDelta
+from subtune.delta import TaskDelta
 from subtune.models import Backbone
 
 

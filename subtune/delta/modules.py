@@ -17,7 +17,7 @@ from torch import nn
 from subtune.delta.pruned import pruned_blocks, rebuild_block
 
 if TYPE_CHECKING:
-    from subtune.formats import TaskDelta
+    from subtune.delta.task import TaskDelta
     from subtune.models import Backbone
 
 

@@ -36,7 +36,7 @@ from torch import nn
 from subtune.delta.modules import pooled_taps, tap_activations, task_blocks, task_head
 
 if TYPE_CHECKING:
-    from subtune.formats import TaskDelta
+    from subtune.delta.task import TaskDelta
     from subtune.models import Backbone
 
 

@@ -1,4 +1,5 @@
-"""The adapter interface and the registry that maps `family:name` strings to adapters."""
+"""The adapter interface: what an architecture family tells subtune about its models
+(subtune.models.registry maps `family:name` strings to adapters)."""
 
 from __future__ import annotations
 
@@ -110,45 +111,3 @@ def _shares_shape_in_module(name: str, own: dict) -> bool:
     prefix, shape = name.rsplit(".", 1)[0] if "." in name else "", tuple(own[name].shape)
     return any(k != name and (k.rsplit(".", 1)[0] if "." in k else "") == prefix and tuple(v.shape) == shape
                for k, v in own.items())
-
-
-_REGISTRY: dict[str, Adapter] = {}
-
-
-def register(adapter: Adapter) -> Adapter:
-    _REGISTRY[adapter.family] = adapter
-    return adapter
-
-
-def _load_builtin_adapters() -> None:
-    # Imported lazily: they pull in torchvision and timm.
-    from subtune.models import timm_models, tiny, torchvision_models  # noqa: F401
-
-
-def known_architectures() -> list[str]:
-    _load_builtin_adapters()
-    return sorted(f"{family}:{n}" for family, a in _REGISTRY.items() for n in a.names())
-
-
-def get_adapter(arch: str) -> tuple[Adapter, str]:
-    """`'torchvision:resnet50'` -> (the torchvision adapter, 'resnet50')."""
-    _load_builtin_adapters()
-    family, sep, name = arch.partition(":")
-    adapter = _REGISTRY.get(family)
-    if not sep or adapter is None or name not in adapter.names():
-        raise SubtuneError(
-            f"unknown architecture {arch!r}: expected FAMILY:NAME, one of "
-            f"{', '.join(known_architectures())}"
-        )
-    return adapter, name
-
-
-def build_model(arch: str, arch_kwargs: dict[str, Any] | None = None) -> tuple["nn.Module", Backbone]:
-    """Build an eval-mode model with random weights and split it into a Backbone."""
-    adapter, name = get_adapter(arch)
-    try:
-        model = adapter.build(name, dict(arch_kwargs or {}))
-    except TypeError as e:
-        raise SubtuneError(f"cannot build {arch} with arguments {arch_kwargs}: {e}") from e
-    model.eval()
-    return model, adapter.split(model)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from subtune.models.adapter import Adapter, Backbone, register
+from subtune.models.adapter import Adapter, Backbone
 
 NAMES = [
     "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
@@ -66,5 +66,3 @@ class TimmAdapter(Adapter):
             stages=stages,
         )
 
-
-register(TimmAdapter())

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from subtune.models.adapter import Adapter, Backbone, register
+from subtune.models.adapter import Adapter, Backbone
 from subtune.models.torchvision_models import TorchvisionAdapter
 
 
@@ -56,5 +56,3 @@ class TinyAdapter(Adapter):
     def split(self, model: nn.Module) -> Backbone:
         return TorchvisionAdapter._split_resnet(self, model)  # the same parts as a torchvision ResNet
 
-
-register(TinyAdapter())

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from subtune.models.adapter import Adapter, Backbone, register
+from subtune.models.adapter import Adapter, Backbone
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 VITS = ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"]
@@ -94,5 +94,3 @@ class TorchvisionAdapter(Adapter):
             stages={"encoder": list(range(1, len(layers) + 1))},
         )
 
-
-register(TorchvisionAdapter())

@@ -17,8 +17,8 @@ import torch
 
 from subtune.delta.modules import task_blocks
 from subtune.errors import SubtuneError
-from subtune.formats import BaseModel, TaskDelta, validate_task
-from subtune.models import Backbone
+from subtune.delta import TaskDelta, validate_task
+from subtune.models import Backbone, BaseModel
 from subtune.pruning import measure
 from subtune.pruning.analysis import HEADS, PrunableBlock
 from subtune.pruning.plan import PruneOptions, plan_pruning

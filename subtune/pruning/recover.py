@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from subtune.errors import SubtuneError
-from subtune.formats import BaseModel, TaskDelta, validate_task
-from subtune.models import Backbone
+from subtune.delta import TaskDelta, validate_task
+from subtune.models import Backbone, BaseModel
 
 
 class CachedData:
@@ -67,8 +67,7 @@ def _check(task: TaskDelta, data: CachedData) -> None:
 
 def accuracy(task: TaskDelta, backbone: Backbone, data: CachedData, *, batch_size: int = 256) -> float:
     """Top-1 accuracy of `task` (pruned or not) on cached data."""
-    from subtune.training.trainer import accuracy as top1
-    from subtune.training.trainer import predict
+    from subtune.training.trainer import accuracy as top1, predict
 
     _check(task, data)
     return top1(predict(task_net(task, backbone), data.inputs, len(data), batch_size), data.labels)

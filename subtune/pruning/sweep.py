@@ -3,7 +3,7 @@ and plot accuracy against the fraction of SubTuning parameters kept.
 
 `run_sweep` returns data; `plot_sweep` and `sweep_table` format it. Every point is independent:
 `SweepWork(...)(point)` prunes (and recovers) one, and `run_sweep(executor=...)` hands the points
-to an executor (`run(items, on_done)`; default: one after another here; `subtune.cluster.RayMap`
+to an executor (`run(items, on_done)`; default: one after another here; `subtune.sweeps.RayMap`
 runs them as Ray tasks). Points come back in any order and are stored in sweep order.
 """
 
@@ -13,8 +13,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from subtune.errors import SubtuneError
-from subtune.formats import BaseModel, TaskDelta
-from subtune.models import Backbone
+from subtune.delta import TaskDelta
+from subtune.models import Backbone, BaseModel
 from subtune.pruning.plan import NORMS, SCOPES, PruneOptions
 from subtune.pruning.prune import prune_task
 from subtune.pruning.recover import CachedData, accuracy, recover

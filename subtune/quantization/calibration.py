@@ -21,7 +21,7 @@ import onnx_ir as ir
 from subtune.errors import SubtuneError
 
 if TYPE_CHECKING:
-    from subtune.formats import TaskDelta
+    from subtune.delta import TaskDelta
     from subtune.quantization.heldout import CheckSet
 
 METHODS = ("minmax", "entropy", "percentile")

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from subtune.host import cpu_flags
+from subtune.machine import cpu_flags
 from subtune.runtimes.onnxruntime import session_from_bytes
 
 BATCHES = (1, 8)

@@ -265,3 +265,13 @@ def _open_cached(spec: str, size: tuple[int, int]) -> Source:
             _SOURCES.pop(next(iter(_SOURCES)))
         _SOURCES[key] = open_source(spec, size)
     return _SOURCES[key]
+
+
+def batch_order(n: int, batch_size: int, g: torch.Generator) -> list[np.ndarray]:
+    """One epoch's batches. A last batch of a single image is dropped: training-mode BatchNorm
+    cannot normalise one value per channel."""
+    perm = torch.randperm(n, generator=g).numpy()
+    batches = [perm[i: i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches

@@ -13,7 +13,7 @@ base, chosen by group-lasso importance.
        budget asked; a fresh linear head on each selection; the budget with the best validation
        accuracy wins (Head2Toe chooses its feature fraction on validation data too).
     4. Deployment: the standardisation is folded into the head, so the task file holds only the
-       taps, the selected indices and an ordinary linear head (formats.TaskDelta, kind "tap").
+       taps, the selected indices and an ordinary linear head (delta.TaskDelta, kind "tap").
 
 The selection is deterministic (full-batch proximal gradient); the final heads are seeded (their
 initialisation and batch order).
@@ -92,7 +92,7 @@ def _train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs:
     """AdamW on a linear head over fixed features, cosine schedule per step; with `group_lasso`,
     plus lambda * sum_j ||W[:, j]||_2 (and no weight decay on W)."""
     from subtune.training.network import new_head
-    from subtune.training.trainer import batch_order
+    from subtune.training.data import batch_order
 
     head = new_head(x.shape[1], num_classes, seed)
     g = torch.Generator().manual_seed(seed)

@@ -23,8 +23,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from subtune.delta.modules import task_blocks, task_head
 from subtune.delta.standalone import TapTaskNet, TaskNet, features_point, run_base  # noqa: F401 (features_point: re-exported for training)
-from subtune.formats import BaseModel, TaskDelta
-from subtune.models import Backbone, build_model
+from subtune.delta import TaskDelta
+from subtune.models import Backbone, BaseModel, build_model
 
 
 @torch.no_grad()

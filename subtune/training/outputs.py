@@ -21,11 +21,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import subtune
-from subtune.formats import (RESERVED_NAMES, BaseModel, TaskDelta, fingerprint, make_tap_task, make_task, save_dict,
-                             save_task)
+from subtune.delta import RESERVED_NAMES, TaskDelta, make_tap_task, make_task
+from subtune.formats import base_to_dict, save_dict, save_task
+from subtune.models import BaseModel, fingerprint
 from subtune.models.blocks import block_span
 from subtune.training.trainer import TrainResult
+from subtune.version import __version__
 
 FULL_KIND = "full-finetune"
 
@@ -56,12 +57,12 @@ def save_model(path: str, model: BaseModel | TaskDelta, base: BaseModel, result:
 
 
 def model_meta(result: TrainResult, meta: dict) -> dict:
-    return {**meta, "mode": result.mode, "subtune_version": subtune.__version__}
+    return {**meta, "mode": result.mode, "subtune_version": __version__}
 
 
 def full_model_dict(model: BaseModel, base: BaseModel, classes: list[str], meta: dict) -> dict:
     """A fully finetuned model in the base-file format, marked as such."""
-    return {**model.to_dict(), "kind": FULL_KIND, "finetuned_from": base.fingerprint, "classes": list(classes),
+    return {**base_to_dict(model), "kind": FULL_KIND, "finetuned_from": base.fingerprint, "classes": list(classes),
             "meta": meta}
 
 

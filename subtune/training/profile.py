@@ -6,7 +6,7 @@ The unit of work is one run, a `RunSpec` (mode, blocks, seed): `run_one(trainer,
 it and returns a JSON-able result dict. Where runs execute is a policy, an *executor*: an
 object with `run(specs, on_done)` that calls `on_done(spec, result)` as each run finishes, in
 any order. `SerialExecutor` (here) runs them in this process, front to back, so the activation
-cache walks down the network one frozen block at a time; `subtune.cluster.RayExecutor` runs
+cache walks down the network one frozen block at a time; `subtune.sweeps.RayExecutor` runs
 them as Ray tasks. The profile is assembled from the results in spec order, so every executor
 gives the same JSON for the same results.
 """

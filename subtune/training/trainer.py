@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from subtune.errors import SubtuneError
-from subtune.formats import BaseModel
+from subtune.models import BaseModel
 from subtune.models.blocks import block_span
 from subtune.training.augment import augment, check_augment
 from subtune.training.cache import ActivationStore
-from subtune.training.data import ImageDataset
+from subtune.training.data import ImageDataset, batch_order
 from subtune.training.network import FullNet, SubTuneNet, fast_layout, features_point, freeze, run_frozen
 
 DEFAULT_EPOCHS = 10
@@ -266,16 +266,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- the loop
-
-
-def batch_order(n: int, batch_size: int, g: torch.Generator) -> list[np.ndarray]:
-    """One epoch's batches. A last batch of a single image is dropped: training-mode BatchNorm
-    cannot normalise one value per channel."""
-    perm = torch.randperm(n, generator=g).numpy()
-    batches = [perm[i: i + batch_size] for i in range(0, n, batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches.pop()
-    return batches
 
 
 def fit(net: nn.Module, inputs: Inputs, labels: torch.Tensor, config: TrainConfig, seed: int,

@@ -20,7 +20,7 @@ import torch
 import subtune
 from subtune.compiler.export import PROTOBUF_LIMIT, save_onnx
 from subtune.errors import SubtuneError
-from subtune.formats import make_base
+from subtune.models import make_base
 from subtune.runtimes.onnxruntime import session_from_bytes
 from subtune.synthetic import synthetic_task
 

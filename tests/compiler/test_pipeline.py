@@ -8,7 +8,7 @@ import pytest
 from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
 from subtune.compiler.plan import Plan
 from subtune.errors import SubtuneError
-from subtune.formats import make_base
+from subtune.models import make_base
 from subtune.runtimes.onnxruntime import session_from_bytes
 from subtune.synthetic import synthetic_task
 

@@ -5,8 +5,7 @@ consecutive range, some Siamese, fork points and merges in every combination. Ea
 exported and verified at batch 1 and 5 by the pipeline (1e-4 relative)."""
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import given, HealthCheck, settings, strategies as st
 
 from subtune.compiler.pipeline import CompileOptions, compile_plan
 from subtune.compiler.plan import Plan
@@ -28,7 +27,7 @@ def task_ranges(draw):
 
 @pytest.fixture(scope="module")
 def base_and_backbone():
-    from subtune.formats import make_base
+    from subtune.models import make_base
 
     base = make_base("subtune:tiny_resnet", {"num_classes": 5}, seed=0)
     return base, base.build()[1]

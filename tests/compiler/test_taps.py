@@ -13,7 +13,9 @@ from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
 from subtune.compiler.plan import Plan
 from subtune.compiler.schedule import Fork, schedule_streams
 from subtune.errors import SubtuneError
-from subtune.formats import load_task, make_base, make_tap_task, save_task
+from subtune.delta import make_tap_task, validate_task
+from subtune.formats import load_task, save_task
+from subtune.models import make_base
 from subtune.synthetic import synthetic_task
 
 SIZE = (32, 32)
@@ -127,7 +129,7 @@ def test_tap_task_file_round_trips_and_old_task_files_still_load(tiny, tmp_path)
     back = load_task(tmp_path / "h.pt")
     assert back.kind == "tap" and back.taps["points"] == task.taps["points"]
     assert torch.equal(back.taps["select"], task.taps["select"]) and back.first is None
-    formats.validate_task(back, base)
+    validate_task(back, base)
     delta = synthetic_task(base, "d", [3], seed=1, backbone=bb)
     save_task(tmp_path / "d.pt", delta)
     raw = torch.load(tmp_path / "d.pt", weights_only=True)
@@ -143,7 +145,7 @@ def test_tap_task_file_round_trips_and_old_task_files_still_load(tiny, tmp_path)
     (lambda t: t.head.update(weight=torch.zeros(4, 41)), "selected features"),
 ])
 def test_bad_tap_tasks_are_refused_with_one_line(tiny, tmp_path, change, message):
-    from subtune.formats import validate_task
+    from subtune.delta import validate_task
 
     base, bb = tiny
     task = _head2toe(base, bb)
@@ -151,7 +153,9 @@ def test_bad_tap_tasks_are_refused_with_one_line(tiny, tmp_path, change, message
     with pytest.raises(SubtuneError, match=message) as e:
         validate_task(task, base)
     assert "\n" not in str(e.value)
-    raw = task.to_dict()
+    from subtune.formats import task_to_dict
+
+    raw = task_to_dict(task)
     raw["kind"] = "prompt"
     torch.save(raw, tmp_path / "k.pt")
     with pytest.raises(SubtuneError, match="task kind 'prompt'"):

@@ -71,7 +71,7 @@ def cpp_graph(tmp_path_factory) -> Path:
     compiled to one graph: what a C++ service would be handed."""
     from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
     from subtune.compiler.plan import Plan
-    from subtune.formats import make_base
+    from subtune.models import make_base
     from subtune.synthetic import synthetic_task
 
     base = make_base("subtune:tiny_resnet", seed=0)

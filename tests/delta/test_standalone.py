@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from subtune.delta.standalone import TapTaskNet, TaskNet, run_base, task_net
-from subtune.formats import make_base, make_tap_task
+from subtune.delta import make_tap_task
+from subtune.models import make_base
 from subtune.synthetic import synthetic_task
 
 SIZE = 32

@@ -54,7 +54,7 @@ def test_unknown_architecture_lists_the_known_ones():
 
 def test_foreign_state_dict_maps_by_order():
     """The EfficientNet-Lite0 package's .pth uses other names in the same order."""
-    from subtune.formats import make_base
+    from subtune.models import make_base
 
     model, _ = build_model("timm:efficientnet_lite0")
     renamed = {f"w{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(model.state_dict().items())}

@@ -17,7 +17,7 @@ def _foreign(own: dict, rename) -> dict:
 
 
 def test_other_names_in_the_same_order_map_with_a_warning(caplog):
-    from subtune.formats import make_base
+    from subtune.models import make_base
 
     model, _ = build_model("subtune:tiny_resnet")
     own = model.state_dict()
@@ -29,7 +29,7 @@ def test_other_names_in_the_same_order_map_with_a_warning(caplog):
 
 
 def test_keras_names_are_understood():
-    from subtune.formats import make_base
+    from subtune.models import make_base
 
     model, _ = build_model("subtune:tiny_resnet")
     own = model.state_dict()
@@ -42,7 +42,7 @@ def test_keras_names_are_understood():
 
 def test_batchnorm_tensors_in_another_order_are_refused():
     """running_mean stored before weight: the shapes agree position by position, the names don't."""
-    from subtune.formats import make_base
+    from subtune.models import make_base
 
     model, _ = build_model("subtune:tiny_resnet")
     own = list(model.state_dict().items())
@@ -56,7 +56,7 @@ def test_batchnorm_tensors_in_another_order_are_refused():
 
 
 def test_names_without_roles_are_refused():
-    from subtune.formats import make_base
+    from subtune.models import make_base
 
     model, _ = build_model("subtune:tiny_resnet")
     with pytest.raises(SubtuneError, match="names do not say which is which"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from subtune.models.adapter import Adapter, register
+from subtune.models import Adapter, register
 from subtune.models.torchvision_models import TorchvisionAdapter
 
 
@@ -46,7 +46,7 @@ FAMILIES = {
 @pytest.fixture(scope="session")
 def family_models():
     """family -> (base, backbone, synthetic task on its tuned blocks, input size), built once."""
-    from subtune.formats import make_base
+    from subtune.models import make_base
     from subtune.synthetic import synthetic_task
 
     cache = {}

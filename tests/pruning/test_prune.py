@@ -9,7 +9,8 @@ import torch
 
 from subtune.delta.modules import task_blocks
 from subtune.errors import SubtuneError
-from subtune.formats import load_task, save_task, validate_task
+from subtune.delta import validate_task
+from subtune.formats import load_task, save_task
 from subtune.delta.attention import HeadAttention
 from subtune.pruning.prune import block_input_shapes, prune_task
 from subtune.pruning.plan import PruneOptions

@@ -46,7 +46,8 @@ def test_int8_compile_checks_on_held_out_images_and_writes_the_sensitivity_table
 
     if not P("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST (Debian package dataset-fashion-mnist) not installed")
-    from subtune.formats import make_base, save_base, save_task
+    from subtune.formats import save_base, save_task
+    from subtune.models import make_base
     from subtune.synthetic import synthetic_task
 
     base = make_base("subtune:tiny_resnet", {"num_classes": 5}, seed=0)

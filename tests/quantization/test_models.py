@@ -56,7 +56,7 @@ def test_fp16_four_task_graph_runs_on_onnxruntime_cpu_within_tolerance(resnet18_
 def test_compile_pipeline_int8_efficientnet_lite0():
     from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
     from subtune.compiler.plan import Plan
-    from subtune.formats import make_base
+    from subtune.models import make_base
     from subtune.synthetic import synthetic_task
 
     base = make_base("timm:efficientnet_lite0", {"num_classes": 10}, seed=0)

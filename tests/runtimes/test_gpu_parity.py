@@ -17,7 +17,7 @@ GPU_TOLERANCE = 1e-2
 def compiled(tmp_path_factory):
     from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
     from subtune.compiler.plan import Plan
-    from subtune.formats import make_base
+    from subtune.models import make_base
     from subtune.synthetic import synthetic_task
 
     base = make_base("subtune:tiny_resnet", {"num_classes": 5}, seed=0)

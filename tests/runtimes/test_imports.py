@@ -13,9 +13,9 @@ HEAVY = ("torch", "onnxruntime", "tensorrt", "onnx", "onnx_ir", "onnxscript", "p
 
 LIGHT_MODULES = [
     "subtune.runtimes", "subtune.runtimes.base", "subtune.runtimes.onnxruntime", "subtune.runtimes.tensorrt",
-    "subtune.runtimes.pytorch", "subtune.bench", "subtune.bench.harness", "subtune.bench.machine",
-    "subtune.bench.report", "subtune.bench.plots", "subtune.bench.costmodel", "subtune.bench.latency",
-    "subtune.bench.overhead", "subtune.commands.bench",
+    "subtune.runtimes.pytorch", "subtune.benchmarking", "subtune.benchmarking.harness", "subtune.machine",
+    "subtune.benchmarking.report", "subtune.benchmarking.plots", "subtune.benchmarking.costmodel", "subtune.benchmarking.latency",
+    "subtune.benchmarking.overhead", "subtune.commands.bench",
 ]
 
 

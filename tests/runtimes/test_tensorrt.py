@@ -64,7 +64,7 @@ def test_compile_engine_end_to_end(tmp_path):
     """compile -> engine -> the engine run against the verified ONNX beside it (inside compile, at
     the verification batch sizes), then once more here at a batch size compile did not use."""
     import subtune
-    from subtune.formats import make_base
+    from subtune.models import make_base
     from subtune.runtimes.onnxruntime import session_from_bytes
     from subtune.synthetic import synthetic_task
 
@@ -89,7 +89,7 @@ def test_compile_to_an_engine_without_tensorrt_names_the_cpu_path(tmp_path):
     if REASON is None:
         pytest.skip("TensorRT is usable here")
     import subtune
-    from subtune.formats import make_base
+    from subtune.models import make_base
 
     base = make_base("subtune:tiny_resnet", seed=0)
     with pytest.raises(SubtuneError, match="use -o model.onnx for the CPU path"):

@@ -38,7 +38,7 @@ def tiny_graph(tmp_path_factory):
     """A compiled two-task tiny_resnet graph: t1 (blocks 2-3, 4 named classes), t2 (3-4, 10)."""
     from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
     from subtune.compiler.plan import Plan
-    from subtune.formats import make_base
+    from subtune.models import make_base
     from subtune.synthetic import synthetic_task
 
     base = make_base("subtune:tiny_resnet", seed=0)

@@ -59,7 +59,8 @@ def folder(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def base_path(tmp_path_factory) -> str:
-    from subtune.formats import make_base, save_base
+    from subtune.formats import save_base
+    from subtune.models import make_base
 
     path = tmp_path_factory.mktemp("base") / "r18.pt"
     save_base(path, make_base("torchvision:resnet18", seed=0))

@@ -64,7 +64,7 @@ def test_select_top_ties_go_to_the_lower_index_and_budget_caps():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from subtune.formats import make_base
+    from subtune.models import make_base
 
     return make_base("subtune:tiny_resnet", {"num_classes": 5}, seed=0)
 
@@ -210,9 +210,9 @@ def test_tradeoff_reads_methods_results_and_times_tap_tasks(tiny, tmp_path):
     """`subtune-bench --profile` over bench/methods.py's results: taps and windows side by side."""
     import json
 
-    from subtune.bench.harness import Protocol
-    from subtune.bench.tradeoff import load_profile, measure_tradeoff
-    from subtune.bench.variants import RuntimeSpec
+    from subtune.benchmarking.harness import Protocol
+    from subtune.benchmarking.tradeoff import load_profile, measure_tradeoff
+    from subtune.benchmarking.variants import RuntimeSpec
 
     results = {"protocol": {"arch": tiny.arch}, "methods": {
         "linear": {"accuracy": 0.70, "blocks": []},

@@ -17,7 +17,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'subtune[ray]')")
 
-from subtune.cluster import RayExecutor, RunLog  # noqa: E402
+from subtune.sweeps import RayExecutor, RunLog  # noqa: E402
 from subtune.training.greedy import greedy_select  # noqa: E402
 from subtune.training.profile import RunSpec, SerialExecutor, run_profile, window_scorer  # noqa: E402
 from subtune.training.sources import FASHION_MNIST_DIR  # noqa: E402
@@ -43,7 +43,8 @@ def base_path(tmp_path_factory):
     so its features carry information and the runs' accuracies differ from each other."""
     import torch
 
-    from subtune.formats import make_base, save_base
+    from subtune.formats import save_base
+    from subtune.models import make_base
     from subtune.models.tiny import TinyResNet
     from subtune.training.data import load_dataset
 
@@ -290,7 +291,7 @@ def test_pruning_sweep_on_ray_equals_serial(trainer):
     """The sweep's points (prune, recover, evaluate) as Ray tasks: the same points as serially."""
     from dataclasses import asdict
 
-    from subtune.cluster import RayMap
+    from subtune.sweeps import RayMap
     from subtune.pruning.recover import CachedData
     from subtune.pruning.sweep import run_sweep
     from subtune.synthetic import synthetic_task

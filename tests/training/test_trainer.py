@@ -122,7 +122,7 @@ def test_profile_baselines_include_the_rivals_and_the_tradeoff_reads_them(base, 
     window over every block for LoRA) beside the windows."""
     import json
 
-    from subtune.bench.tradeoff import load_profile
+    from subtune.benchmarking.tradeoff import load_profile
     from subtune.training.profile import baseline_names, profile_to_json, run_profile
 
     trainer = Trainer(base, *splits, config=TrainConfig(epochs=1, batch_size=8))

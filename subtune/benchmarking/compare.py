@@ -7,12 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from subtune.bench.costmodel import CostPrediction, LayerCost, layer_costs, measure_bandwidth, predict
-from subtune.bench.harness import Protocol, Timing, time_interleaved
-from subtune.bench.machine import machine_info
-from subtune.bench.variants import RuntimeSpec, Variant, VariantBuilder, prepare_runtime, random_images
+from subtune.benchmarking.costmodel import CostPrediction, LayerCost, layer_costs, measure_bandwidth, predict
+from subtune.benchmarking.harness import Protocol, Timing, time_interleaved
+from subtune.machine import machine_info
+from subtune.benchmarking.variants import RuntimeSpec, Variant, VariantBuilder, prepare_runtime, random_images
 from subtune.errors import SubtuneError, VerificationError
-from subtune.formats import BaseModel, TaskDelta
+from subtune.delta import TaskDelta
+from subtune.models import BaseModel
 
 KINDS = ("naive", "split", "compiled")
 AGREEMENT_TOLERANCE = 1e-3  # relative to each output's scale; variants are the same math in another order

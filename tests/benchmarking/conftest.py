@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from subtune.formats import make_base
+from subtune.models import make_base
 from subtune.synthetic import synthetic_task
 
 
@@ -21,6 +21,6 @@ def tiny_tasks(tiny_base):
 
 @pytest.fixture
 def quick():
-    from subtune.bench.harness import Protocol
+    from subtune.benchmarking.harness import Protocol
 
     return Protocol(warmup=1, iters=3, repeats=2)

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from subtune.bench.harness import summarize
-from subtune.bench.plots import plot_tradeoff
-from subtune.bench.report import to_jsonable, tradeoff_table
-from subtune.bench.tradeoff import (WindowPoint, best_within, load_profile, measure_tradeoff, pareto_front,
+from subtune.benchmarking.harness import summarize
+from subtune.benchmarking.plots import plot_tradeoff
+from subtune.benchmarking.report import to_jsonable, tradeoff_table
+from subtune.benchmarking.tradeoff import (WindowPoint, best_within, load_profile, measure_tradeoff, pareto_front,
                                     parse_profile)
-from subtune.bench.variants import RuntimeSpec
+from subtune.benchmarking.variants import RuntimeSpec
 from subtune.errors import SubtuneError
 
 

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from subtune.bench.harness import Protocol, Timing, progress_bar, time_interleaved
-from subtune.bench.machine import machine_info
-from subtune.bench.variants import RuntimeSpec, VariantBuilder, prepare_runtime, random_images
+from subtune.benchmarking.harness import Protocol, Timing, progress_bar, time_interleaved
+from subtune.machine import machine_info
+from subtune.benchmarking.variants import RuntimeSpec, VariantBuilder, prepare_runtime, random_images
 from subtune.errors import SubtuneError
-from subtune.formats import BaseModel
+from subtune.models import BaseModel
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _tap_task(base: BaseModel, backbone, name: str, spec: tuple, input_size: tup
     """A tap task of the entry's shape with random head and selection (latency only)."""
     import torch
 
-    from subtune.formats import make_tap_task
+    from subtune.delta import make_tap_task
     from subtune.training.head2toe import tap_specs
 
     n = backbone.num_blocks

@@ -11,5 +11,5 @@
     report.py     text tables and JSON
     plots.py      PNG figures
 
-Nothing heavy is imported here: `import subtune.bench` stays cheap.
+Nothing heavy is imported here: `import subtune.benchmarking` stays cheap.
 """

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from subtune.bench.costmodel import weight_bytes
-from subtune.bench.variants import RuntimeSpec, VariantBuilder
+from subtune.benchmarking.costmodel import weight_bytes
+from subtune.benchmarking.variants import RuntimeSpec, VariantBuilder
 from subtune.compiler.reference import reference_outputs
 from subtune.errors import SubtuneError
 from subtune.synthetic import synthetic_task

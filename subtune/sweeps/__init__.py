@@ -14,14 +14,14 @@ The serial executor lives beside the unit of work (`training.profile.SerialExecu
 executors call the same `run_one`.
 """
 
-from subtune.cluster.runlog import RunLog
+from subtune.sweeps.runlog import RunLog
 
 __all__ = ["RunLog", "RayExecutor", "RayMap"]
 
 
 def __getattr__(name: str):
-    if name in ("RayExecutor", "RayMap"):  # keeps `import subtune.cluster` free of Ray
-        from subtune.cluster import ray_executor
+    if name in ("RayExecutor", "RayMap"):  # keeps `import subtune.sweeps` free of Ray
+        from subtune.sweeps import ray_executor
 
         return getattr(ray_executor, name)
     raise AttributeError(name)

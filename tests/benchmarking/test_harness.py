@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from subtune.bench.harness import NOISY_SPREAD, PAPER_PROTOCOL, Protocol, summarize, time_interleaved
+from subtune.benchmarking.harness import NOISY_SPREAD, PAPER_PROTOCOL, Protocol, summarize, time_interleaved
 from subtune.errors import SubtuneError
 
 

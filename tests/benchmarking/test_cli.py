@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from subtune.bench.overhead import identity_onnx
+from subtune.benchmarking.overhead import identity_onnx
 from subtune.cli import build_parser, main
-from subtune.bench.harness import protocol_from_flags as _protocol
+from subtune.benchmarking.harness import protocol_from_flags as _protocol
 
 QUICK = ["--warmup", "1", "--iters", "3", "--repeats", "2"]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from subtune.bench.harness import Protocol, Timing, time_interleaved
-from subtune.bench.machine import machine_info
+from subtune.benchmarking.harness import Protocol, Timing, time_interleaved
+from subtune.machine import machine_info
 
 TRIVIAL_SHAPE = (1, 3, 8, 8)
 
@@ -48,7 +48,7 @@ def measure_overhead(protocol: Protocol, *, threads: int = 1, show_progress: boo
     import numpy as np
     import torch
 
-    from subtune.bench.variants import Step, Variant
+    from subtune.benchmarking.variants import Step, Variant
     from subtune.runtimes.onnxruntime import OnnxrtRunner, SessionFromOnnx
     from subtune.runtimes.pytorch import TorchRunner
     from subtune.runtimes.base import TensorSpec

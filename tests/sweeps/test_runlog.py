@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from subtune.cluster import RunLog
+from subtune.sweeps import RunLog
 from subtune.errors import SubtuneError
 from subtune.training.profile import RunSpec, run_profile
 
@@ -43,7 +43,7 @@ def test_run_keys_name_every_setting_that_changes_a_run():
 
 @pytest.fixture(scope="module")
 def trainer():
-    from subtune.formats import make_base
+    from subtune.models import make_base
     from subtune.training.data import ImageDataset
     from subtune.training.trainer import TrainConfig, Trainer
 

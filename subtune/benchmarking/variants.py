@@ -28,7 +28,8 @@ from torch import nn
 
 from subtune.delta.standalone import TaskNet, task_net
 from subtune.errors import SubtuneError
-from subtune.formats import BaseModel, TaskDelta, validate_task
+from subtune.delta import TaskDelta, validate_task
+from subtune.models import BaseModel
 from subtune.runtimes.base import BaseRunner, TensorSpec
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class RuntimeSpec:
 def prepare_runtime(runtime: RuntimeSpec, threads: int | None) -> RuntimeSpec:
     """Fix the intra-op thread count (default: the usable cores). For ONNX Runtime this sizes the
     process-wide shared pool, so it must come before any session is created."""
-    from subtune.bench.machine import usable_cores
+    from subtune.machine import usable_cores
 
     threads = threads or usable_cores()
     if runtime.name == "onnxruntime":
@@ -131,7 +132,7 @@ def make_runner(spec: RuntimeSpec, module: nn.Module, example: torch.Tensor, out
     """An active runner for `module` on `spec`'s runtime, and the bytes of weights it holds."""
     module = module.eval()
     if spec.name == "torch":
-        from subtune.bench.costmodel import weight_bytes
+        from subtune.benchmarking.costmodel import weight_bytes
         from subtune.runtimes.pytorch import TorchRunner
 
         inputs = {"images": TensorSpec((None, *example.shape[1:]), "float32")}

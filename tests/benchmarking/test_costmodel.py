@@ -3,10 +3,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from subtune.bench.costmodel import (added_time, calibrate_compute_rate, layer_costs, measure_bandwidth,
+from subtune.benchmarking.costmodel import (added_time, calibrate_compute_rate, layer_costs, measure_bandwidth,
                                      pipelined_time, predict, weight_bytes)
 
 
@@ -67,7 +66,7 @@ def test_calibration_says_io_bound_when_loading_alone_takes_longer():
 
 
 def test_prediction_reports_its_error_against_the_measurement():
-    from subtune.bench.costmodel import LayerCost
+    from subtune.benchmarking.costmodel import LayerCost
 
     layers = [LayerCost(0, "stem", 100, 0), LayerCost(1, "b1", 100, 0), LayerCost(2, "b2", 200, 0)]
     p = predict(layers, [(2, 2)], batch=1, base_ms=4.0, measured_added_ms=2.0, bandwidth=1e9)

@@ -4,16 +4,16 @@ import json
 
 import pytest
 
-from subtune.bench.compare import run_compare
-from subtune.bench.plots import plot_compare
-from subtune.bench.report import compare_table, to_jsonable
-from subtune.bench.variants import RuntimeSpec
+from subtune.benchmarking.compare import run_compare
+from subtune.benchmarking.plots import plot_compare
+from subtune.benchmarking.report import compare_table, to_jsonable
+from subtune.benchmarking.variants import RuntimeSpec
 from subtune.errors import SubtuneError
 
 
 @pytest.fixture(scope="module")
 def result(tiny_base, tiny_tasks):
-    from subtune.bench.harness import Protocol
+    from subtune.benchmarking.harness import Protocol
 
     return run_compare(tiny_base, tiny_tasks, batches=[1, 2], protocol=Protocol(warmup=1, iters=3, repeats=2),
                        runtime=RuntimeSpec("torch"), task_counts=[1, 2], threads=1, show_progress=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from subtune.bench.harness import Protocol, Timing, time_interleaved
-from subtune.bench.machine import machine_info
+from subtune.benchmarking.harness import Protocol, Timing, time_interleaved
+from subtune.machine import machine_info
 from subtune.errors import SubtuneError
 
 if TYPE_CHECKING:

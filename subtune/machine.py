@@ -1,5 +1,7 @@
-"""What a timing was taken on: CPU, cores, memory, library versions. Stored with every result,
-since a latency means nothing without its machine."""
+"""What this machine is, for every latency or INT8 figure: CPU, its instruction-set flags that
+decide which kernels ONNX Runtime runs (AVX2, AVX-512, VNNI for int8 dot products, AMX), cores,
+memory, library versions. Stored with every result, since a latency means nothing without its
+machine."""
 
 from __future__ import annotations
 
@@ -8,7 +10,21 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 
-from subtune.host import cpu_flags
+
+# The flags that change which CPU kernels run, in the order a reader scans them.
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """The KERNEL_FLAGS this CPU has ([] where /proc/cpuinfo cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return []
+    have = set(line.split(":", 1)[-1].split())
+    return [flag for flag in KERNEL_FLAGS if flag in have]
+
 
 LIBRARIES = ("subtune", "torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "tensorrt",
              "polygraphy")
