@@ -10,8 +10,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--preprocess", action="store_true", help="MODEL.onnx only: add the image-bytes ensemble")
-    p.add_argument("--max-batch-size", type=int, default=8, help="MODEL.onnx only (default 8)")
+    p.add_argument("--preprocess", action="store_true", help="a graph file only: add the image-bytes ensemble")
+    p.add_argument("--max-batch-size", type=int, default=8, help="a graph file only (default 8)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for readiness (default 120)")
     p.add_argument("--log", help="write the server's log here (default: a temporary file, printed)")
 
@@ -36,15 +36,21 @@ def run(args: argparse.Namespace) -> int:
         from subtune.atomic import check_writable
 
         check_writable(args.log)
+    from subtune.commands.flag_values import refuse_unless
+
+    refuse_unless(args, not target.is_dir(), ("preprocess", "max_batch_size"),
+                  "for a repository folder: its models are configured already (subtune triton-repo sets them)")
     tmpdir = None
     if target.is_file():
-        from subtune.serving.repository import RepoOptions, write_repository
+        from subtune.api import triton_repo
 
         tmpdir = tempfile.TemporaryDirectory(prefix="subtune-serve-")
-        repo = write_repository(target, Path(tmpdir.name) / "repo",
-                                RepoOptions(backend="python", preprocess=args.preprocess,
-                                            max_batch_size=args.max_batch_size))
-        repository = repo.path
+        try:  # an engine: checked to be one compile's pair with its engine.onnx, served from that ONNX
+            repository = triton_repo(target, Path(tmpdir.name) / "repo", backend="python",
+                                     preprocess=args.preprocess, max_batch_size=args.max_batch_size).path
+        except BaseException:
+            tmpdir.cleanup()
+            raise
     elif target.is_dir():
         repository = target
     else:
