@@ -33,9 +33,10 @@ if TYPE_CHECKING:
     import onnx
 
 # The ONNX graph an engine was built from (engine.onnx, written beside engine.plan) records the
-# engine under this metadata key: {"sha256": the engine file's, "graph_sha256": the ONNX graph's
-# (onnx_graph_sha256), "batch_range": [min, opt, max]}. The engine carries the graph's hash back:
-# it is the TensorRT network's name, which a deserialized engine reports (ICudaEngine.name).
+# engine under this metadata key (declared in subtune/graph_metadata.schema.json): {"sha256": the
+# engine file's, "graph_sha256": the ONNX graph's (onnx_graph_sha256), "batch_range": [min, opt,
+# max]}. The engine carries the graph's hash back: it is the TensorRT network's name, which a
+# deserialized engine reports (ICudaEngine.name).
 ENGINE_KEY = "subtune.engine"
 
 
@@ -166,6 +167,8 @@ def record_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, 
     file is rewritten in place; external data beside it stays as it is). Returns the record."""
     import onnx
 
+    from subtune.graph_metadata import encode
+
     model = onnx.load(str(onnx_path), load_external_data=False)
     if onnx_graph_sha256(model) != graph_sha256:
         raise RuntimeError(f"{onnx_path} changed between the engine build and its record")  # a bug
@@ -174,7 +177,7 @@ def record_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, 
     props = [p for p in model.metadata_props if p.key != ENGINE_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(props)
-    model.metadata_props.add(key=ENGINE_KEY, value=json.dumps(record, sort_keys=True))
+    model.metadata_props.add(key=ENGINE_KEY, value=encode({ENGINE_KEY: record})[ENGINE_KEY])
     onnx.save_model(model, str(onnx_path))
     return record
 
@@ -204,13 +207,20 @@ def check_engine_pair(engine_path: str | os.PathLike, model: "onnx.ModelProto",
     if raw is None:
         raise SubtuneError(f"{onnx_path} records no engine ({ENGINE_KEY}): it is not the ONNX graph {engine_path.name} "
                            f"was built from; {fix}")
+    from subtune.graph_metadata import check, keys
+
     try:
         record = json.loads(raw)
-        sha, graph_sha = str(record["sha256"]), str(record["graph_sha256"])
-        batch_range = check_batch_range(tuple(int(v) for v in record["batch_range"]))
-    except (ValueError, TypeError, KeyError, SubtuneError) as e:
-        raise SubtuneError(f"{onnx_path}: its {ENGINE_KEY} record {raw[:200]!r} is not an engine record "
-                           f"(sha256, graph_sha256, batch_range); {fix}") from e
+    except ValueError:
+        record = raw
+    problem = check(record, keys()[ENGINE_KEY]["schema"], ENGINE_KEY)
+    if problem:
+        raise SubtuneError(f"{onnx_path}: its engine record is not one: {problem}; {fix}")
+    sha, graph_sha = record["sha256"], record["graph_sha256"]
+    try:
+        batch_range = check_batch_range(tuple(record["batch_range"]))
+    except SubtuneError as e:
+        raise SubtuneError(f"{onnx_path}: its {ENGINE_KEY} batch_range: {e}; {fix}") from None
     if onnx_graph_sha256(model) != graph_sha:
         raise SubtuneError(f"{onnx_path}: its graph is not the one {engine_path.name} was built from (the graph hash "
                            f"differs from the recorded {graph_sha[:12]}: edited after the compile?); {fix}")
