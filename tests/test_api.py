@@ -301,7 +301,7 @@ def test_train_in_memory_from_loaded_splits_logs_and_compiles(tmp_path, tiny_bas
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"method": SubTuning(None)}, "`blocks` is required"),
-    ({"method": SubTuning("7-8"), "report": "t.pt"}, "`report` t.pt is the same file as the `output`"),
+    ({"method": SubTuning("7-8"), "report": "t.pt"}, "`report` t.pt is the same file as `output`"),
     ({"method": SubTuning("7-9")}, "out of range"),
     ({"method": SubTuning([object()])}, "`blocks`: expected"),
     ({"method": SubTuning("7-8", max_blocks=2)}, "apply to `blocks` auto only"),

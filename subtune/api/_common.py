@@ -73,7 +73,7 @@ def report_path(report, out: Path | None, suffix: str) -> Path | None:
         report = out.with_suffix(suffix)
     path = check_writable(Path(report))
     if out is not None and Path(path).resolve() == Path(out).resolve():
-        raise SubtuneError(f"`report` {path} is the same file as the `output` {out}: choose another report path")
+        raise SubtuneError(f"`report` {path} is the same file as `output` {out}: choose another report path")
     return Path(path)
 
 

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         h, w = image_size(args.image_size)
         if not args.arch.startswith("torchvision:vit"):
             raise SubtuneError(f"--image-size does nothing for {args.arch}: a convolutional base takes images of any "
-                               "size; give --image-size to `subtune train` and `subtune-compile` instead")
+                               "size; give --image-size to subtune train and subtune-compile instead")
         if h != w:
             raise SubtuneError(f"--image-size {args.image_size}: a ViT is built for square images (H = W)")
         kwargs["image_size"] = h

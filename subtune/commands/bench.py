@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     protocol = protocol_from_flags(args)
     if args.intra_op_threads is not None and args.intra_op_threads < 1:
         raise SubtuneError(f"--intra-op-threads must be at least 1, found {args.intra_op_threads}")
-    refuse_unless(args, not args.profile, ["keep_samples"], "with --profile: it reports the windows' medians")
+    refuse_unless(args, not args.profile, ["keep_samples"], "with --profile: a profile reports each window's medians")
     for path in (args.json, args.plot):
         if path:
             check_writable(path)

@@ -74,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     engine = out.suffix in ENGINE_SUFFIXES
-    refuse_unless(args, engine, ["batch_range"], f"for {out.name}: it sets a TensorRT engine's batch profile, and an "
-                  ".onnx graph takes any batch; drop it, or write an engine (-o engine.plan)")
-    refuse_unless(args, not args.no_verify, ["verify_batches", "tolerance"], "with --no-verify: they set the check "
-                  "that --no-verify skips")
+    refuse_unless(args, engine, ["batch_range"], f"for {out.name}: an .onnx graph takes any batch (the profile is a "
+                  "TensorRT engine's); drop the flag, or write an engine (-o engine.plan)")
+    refuse_unless(args, not args.no_verify, ["verify_batches", "tolerance"], "with --no-verify: verification is "
+                  "skipped")
     batch_range = None
     if args.batch_range:
         from subtune.runtimes.tensorrt import parse_batch_range
@@ -156,7 +156,7 @@ def _print_precision(report: dict | None) -> None:
 
 def _prune_options(args: argparse.Namespace):
     refuse_unless(args, args.prune is not None, ("prune_norm", "prune_scope", "round_to"),
-                  "without --prune RATIO: they steer pruning")
+                  "without --prune: add --prune RATIO to prune the tasks, or drop the flag")
     if args.prune is None:
         return None
     from subtune.pruning.plan import PruneOptions
@@ -166,8 +166,8 @@ def _prune_options(args: argparse.Namespace):
 
 def _precision_options(args: argparse.Namespace):
     refuse_unless(args, args.precision != "fp32", PRECISION_FLAGS,
-                  "for the default fp32 graph: they apply to --precision int8 or fp16")
-    refuse_unless(args, args.precision == "int8", INT8_FLAGS, "with --precision fp16: they apply to --precision int8")
+                  "for the default fp32 graph: only with --precision int8 or fp16")
+    refuse_unless(args, args.precision == "int8", INT8_FLAGS, "with --precision fp16: only with --precision int8")
     if args.precision == "fp32":
         return None
     from subtune.quantization import PrecisionOptions

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     base, task = base_and_task(args)
     refuse_unless(args, args.data is not None, RECOVERY_FLAGS,
-                  "without --data: they set the accuracy check and the recovery training on DATA")
+                  "without --data: the accuracy check and the recovery training run on DATA")
     from subtune.api import prune
 
     result = prune(base, task, args.output, ratio=args.ratio, norm=args.norm, scope=args.scope,

@@ -55,7 +55,7 @@ def method_from_flags(args: argparse.Namespace):
     mine = MODE_FLAGS[args.mode]
     for dest in sorted({d for flags in MODE_FLAGS.values() for d in flags} - set(mine)):
         modes = ", ".join(m for m, flags in MODE_FLAGS.items() if dest in flags)
-        refuse_unless(args, False, [dest], f"with --mode {args.mode}: it applies to --mode {modes}")
+        refuse_unless(args, False, [dest], f"with --mode {args.mode}: only with --mode {modes}")
     options = {OPTION.get(d, d): getattr(args, d) for d in given(args, *mine)}
     if args.mode == "subtune":
         options["blocks"] = args.blocks  # required: SubTuning says so when it is missing

@@ -101,7 +101,7 @@ def training_options(args: argparse.Namespace):
 
 def ray_options(args: argparse.Namespace):
     refuse_unless(args, args.ray is not None, ("ray_cpus_per_run", "ray_gpus_per_run"),
-                  "without --ray: they size each Ray run")
+                  "without --ray: Ray runs only")
     if args.ray is None:
         return None
     from subtune.training.options import RayOptions

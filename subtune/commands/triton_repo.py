@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from subtune.commands.flag_values import refuse_unless
 
     backend = args.backend or ("tensorrt" if Path(args.graph).suffix in (".plan", ".engine") else "python")
-    refuse_unless(args, backend != "tensorrt", ["ort_threads"], "with the tensorrt backend: they are ONNX Runtime's "
-                  "threads (python and onnxruntime backends)")
+    refuse_unless(args, backend != "tensorrt", ["ort_threads"], "with the tensorrt backend: ONNX Runtime's threads "
+                  "are for the python and onnxruntime backends")
     refuse_unless(args, not args.no_dynamic_batching, ["queue_delay_us"],
-                  "with --no-dynamic-batching: it bounds the wait to fill a batch")
+                  "with --no-dynamic-batching: the wait to fill a batch is dynamic batching's")
     from subtune.api import triton_repo
 
     repo = triton_repo(args.graph, args.output, name=args.name, backend=args.backend,
