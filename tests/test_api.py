@@ -18,7 +18,7 @@ import subtune
 from subtune.errors import SubtuneError, VerificationError
 from subtune.models import make_base
 from subtune.synthetic import synthetic_task
-from subtune.training.options import DataOptions, Full, Head2Toe, Linear, LoRA, SubTuning, TrainingOptions
+from subtune.training.options import DataOptions, Head2Toe, Linear, LoRA, SubTuning, TrainingOptions
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = "<!-- python-api-example"
