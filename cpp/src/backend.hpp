@@ -20,6 +20,8 @@ class Backend {
   virtual bool input_is_float32() const = 0;
   virtual std::vector<int64_t> input_shape() const = 0;  // -1 for a dynamic dimension
   virtual std::vector<std::string> output_names() const = 0;
+  // Each output's element type, named as ONNX names them in numpy style: "float32", "int64", ...
+  virtual std::vector<std::string> output_types() const = 0;
   // images [batch, 3, H, W] (read in place, not written); outputs in output_names() order.
   virtual std::vector<Tensor> run(const float* images, const std::array<int64_t, 4>& shape) = 0;
 };

@@ -3,6 +3,8 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <sys/stat.h>
 
 #include "backend.hpp"
@@ -156,6 +158,11 @@ Model::Model(const std::string& path, const Options& options) : impl_(std::make_
   if (b.output_names() != m.outputs)
     throw Error(path + ": metadata lists outputs " + join(m.outputs) + " but the graph has " + join(b.output_names()) +
                 "; the file was edited after compiling: compile it again");
+  std::vector<std::string> types = b.output_types();
+  for (size_t i = 0; i < types.size(); ++i)
+    if (types[i] != "float32")
+      throw Error(path + ": output " + m.outputs[i] + " is " + types[i] + ", expected float32 (subtune graphs output "
+                  "float32 logits); the graph was edited or not made by subtune-compile: compile it again");
   for (const auto& t : m.tasks)
     if (std::find(m.outputs.begin(), m.outputs.end(), t.name) == m.outputs.end())
       throw Error(path + ": task " + t.name + " has no output of that name; compile the graph again");
@@ -214,16 +221,23 @@ Outputs Model::run(const Tensor& images) const {
   if (s.size() != 4 || s[1] != 3 || s[2] != impl_->height || s[3] != impl_->width)
     throw Error("images are " + shape_str(s) + ", expected [batch, 3, " + std::to_string(impl_->height) + ", " +
                 std::to_string(impl_->width) + "] (preprocessed, 3 channels, the graph's input size)");
-  int64_t want = s[0] * s[1] * s[2] * s[3];
-  if (static_cast<int64_t>(images.data.size()) != want)
-    throw Error("images hold " + std::to_string(images.data.size()) + " values, their shape " + shape_str(s) +
-                " needs " + std::to_string(want));
-  return run(images.data.data(), s[0]);
+  return run(images.data.data(), images.data.size(), s[0]);
 }
 
-Outputs Model::run(const float* images, int64_t batch) const {
+Outputs Model::run(const std::vector<float>& images, int64_t batch) const {
+  return run(images.data(), images.size(), batch);
+}
+
+Outputs Model::run(const float* images, size_t size, int64_t batch) const {
   if (batch < 1) throw Error("batch " + std::to_string(batch) + ": expected at least one image");
   if (!images) throw Error("images: null pointer");
+  const int64_t per_image = int64_t(3) * impl_->height * impl_->width;
+  const bool too_large = batch > std::numeric_limits<int64_t>::max() / per_image;
+  if (too_large || size != size_t(batch * per_image))
+    throw Error("images hold " + std::to_string(size) + " values, a batch of " + std::to_string(batch) + " needs " +
+                std::to_string(batch) + " x 3 x " + std::to_string(impl_->height) + " x " +
+                std::to_string(impl_->width) + (too_large ? "" : " = " + std::to_string(batch * per_image)) +
+                "; pass the buffer's size and its number of images");
   Outputs result;
   result.tensors = impl_->backend->run(images, {batch, 3, impl_->height, impl_->width});
   result.names = impl_->outputs;
