@@ -205,9 +205,11 @@ def write_repository(graph_path: str | Path, out: str | Path, opts: RepoOptions 
                 (version / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(graph.onnx_path.parent / name, version / name)
         if opts.backend == "python":
-            from subtune.serving.models import GRAPH_MODEL
+            from subtune.serving.models import GRAPH_MODEL, GRAPH_MODEL_SUPPORT
 
             shutil.copyfile(GRAPH_MODEL, version / "model.py")
+            for support in GRAPH_MODEL_SUPPORT:
+                shutil.copyfile(support, version / support.name)
         ensemble = None
         if pre is not None:
             from subtune.serving.models import PREPROCESS_MODEL
