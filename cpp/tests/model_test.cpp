@@ -8,6 +8,8 @@
 //       the preprocessed [3, H, W] tensor of one image, for comparison with subtune's Python loader.
 //   subtune-model-test runtimes
 //       the runtimes this build has, on one line.
+//   subtune-model-test definition
+//       the graph-metadata definition the library embedded at build time, as it is.
 //   subtune-model-test shared MODEL N THREADS
 //       load MODEL N times in one process (ONNX Runtime, THREADS intra-op threads) and print the
 //       process's thread count after the first and after the last model as JSON; the models run
@@ -30,6 +32,10 @@
 
 #include "subtune/image.hpp"
 #include "subtune/model.hpp"
+
+namespace subtune::detail {
+extern const char* const kGraphMetadataDefinition;  // generated from subtune/graph_metadata.schema.json
+}
 
 namespace {
 
@@ -63,6 +69,7 @@ std::string meta_json(const subtune::Model& m) {
   o << "{\"outputs\": [";
   for (size_t i = 0; i < m.output_names().size(); ++i) o << (i ? ", " : "") << q(m.output_names()[i]);
   o << "], \"arch\": " << q(m.arch()) << ", \"version\": " << q(m.subtune_version())
+    << ", \"schema\": " << m.metadata_schema() << ", \"newest_schema\": " << subtune::Model::newest_metadata_schema()
     << ", \"verified\": " << (m.verified() ? "true" : "false") << ", \"input_size\": ["
     << m.input_height() << ", " << m.input_width() << "], \"tasks\": [";
   for (size_t i = 0; i < m.tasks().size(); ++i) {
@@ -273,6 +280,10 @@ int main(int argc, char** argv) {
     if (cmd == "preprocess") return cmd_preprocess(argc, argv);
     if (cmd == "checks") return cmd_checks(argc, argv);
     if (cmd == "shared") return cmd_shared(argc, argv);
+    if (cmd == "definition") {
+      std::cout << subtune::detail::kGraphMetadataDefinition;
+      return 0;
+    }
     if (cmd == "runtimes") {
       std::cout << "onnxruntime" << (subtune::Model::runtime_available(subtune::Runtime::openvino) ? " openvino" : "")
                 << "\n";

@@ -97,7 +97,9 @@ class Model {
   const std::vector<TaskInfo>& tasks() const;
   const TaskInfo* task(const std::string& name) const;   // nullptr for "base" or an unknown name
   const std::string& arch() const;                       // subtune.arch, e.g. "torchvision:resnet50"
-  const std::string& subtune_version() const;
+  const std::string& subtune_version() const;             // subtune.version: the compiler's package version
+  int metadata_schema() const;            // subtune.schema: the metadata schema the graph follows
+  static int newest_metadata_schema();    // the newest schema this library reads (newer graphs are refused)
   bool verified() const;  // subtune.verified: the compiler checked this graph against PyTorch
   int input_height() const;
   int input_width() const;
