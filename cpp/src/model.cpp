@@ -88,12 +88,21 @@ Model::Model(const std::string& path, const Options& options) : impl_(std::make_
   if (!S_ISREG(st.st_mode)) throw Error(path + ": not a regular file; expected a graph from subtune-compile (model.onnx)");
   if (options.threads < 0) throw Error("threads " + std::to_string(options.threads) + ": expected 0 (default) or more");
 
-  // The runtime first: it says best what is wrong with a file that is not ONNX at all.
+  // A missing or short weights file (ONNX external data) is named here: the runtimes' own messages
+  // for it are vague (OpenVINO's says nothing). A file that is not ONNX at all is left to the
+  // runtime, which says best what is wrong with it.
+  std::optional<detail::OnnxFileInfo> file;
+  try {
+    file = detail::read_onnx_file(path);
+  } catch (const Error&) {
+  }
+  if (file) detail::check_external_data(path, *file);
   m.backend = options.runtime == Runtime::openvino ? detail::make_openvino_backend(path, options.threads)
                                                    : detail::make_onnxruntime_backend(path, options.threads);
+  if (!file) file = detail::read_onnx_file(path);  // the runtime loaded it: its protobuf error, if any
   // Read against the one definition of the keys (subtune/graph_metadata.schema.json, embedded at
   // build time): after decode_graph_metadata every required key is there with its declared type.
-  const json meta = detail::decode_graph_metadata(detail::read_onnx_metadata(path), path);
+  const json meta = detail::decode_graph_metadata(file->metadata, path);
   m.schema = meta.at(detail::graph_metadata_version_key()).get<int>();
   m.outputs = meta.at("subtune.outputs").get<std::vector<std::string>>();
   m.arch = meta.at("subtune.arch").get<std::string>();

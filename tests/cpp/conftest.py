@@ -99,6 +99,20 @@ def cpp_graph(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def external_data_graph(cpp_graph, tmp_path_factory) -> Path:
+    """cpp_graph saved as ONNX files over 2 GiB are: the graph in model.onnx, its weights in
+    model.onnx.data beside it (forced here on the small graph)."""
+    import onnx_ir as ir
+
+    from subtune.compiler.export import save_onnx
+
+    path = tmp_path_factory.mktemp("external_data") / "model.onnx"
+    written = save_onnx(ir.load(str(cpp_graph)), path, external_data=True)
+    assert written == [path, path.with_name("model.onnx.data")]
+    return path
+
+
+@pytest.fixture(scope="session")
 def int64_output_graph(cpp_graph, tmp_path_factory) -> Path:
     """cpp_graph with its coarse4 output cast to int64, as an edit after compiling would leave it:
     the same output names and metadata, one output that is not float32."""

@@ -4,6 +4,7 @@ metadata and image loading (batch 1 and 4, every output within 1e-5 relative).""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -41,6 +42,54 @@ def test_library_outputs_match_python_onnxruntime(cpp_build, cpp_graph, python_s
         assert got.size == ref.size, f"{name}: {got.size} values from C++, {ref.size} from Python"
         err = rel_error(got.reshape(ref.shape), ref)
         assert err <= TOL, f"{name} at batch {batch}: relative error {err:.2e} > {TOL}"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_external_data_graph_matches_python_onnxruntime(cpp_build, external_data_graph, tmp_path, runtime):
+    """A graph whose weights are in model.onnx.data beside it (ONNX external data) runs in the
+    library with Python's outputs at batch 1 and 4, and in the CLI from another folder by a
+    relative path."""
+    import onnx
+    import onnxruntime as ort
+
+    cpp_build.require(runtime)
+    model = onnx.load(str(external_data_graph), load_external_data=False)
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) > 10, "the weights are not external"
+    session = ort.InferenceSession(str(external_data_graph), providers=["CPUExecutionProvider"])
+    for batch in (1, 4):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, *SIZE)).astype(np.float32)
+        (tmp_path / "in.f32").write_bytes(x.tobytes())
+        r = run([cpp_build.model_test, "run", external_data_graph, tmp_path / "in.f32", batch, tmp_path, 1, runtime])
+        assert r.returncode == 0, r.stderr
+        for name, ref in zip([o.name for o in session.get_outputs()], session.run(None, {"images": x})):
+            got = np.fromfile(tmp_path / f"{name}.f32", dtype=np.float32).reshape(ref.shape)
+            assert rel_error(got, ref) <= TOL, f"{name} at batch {batch}"
+    folder = external_data_graph.parent
+    r = run([cpp_build.infer, f"{folder.name}/model.onnx", "--runtime", runtime, "--json", tmp_path / "out.json"],
+            cwd=folder.parent)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["images"][0]["outputs"].keys() == {"base", "fashion10",
+                                                                                              "coarse4"}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_external_data_missing_or_truncated_is_one_line(cpp_build, external_data_graph, tmp_path, runtime, damage):
+    cpp_build.require(runtime)
+    graph = tmp_path / "model.onnx"
+    shutil.copy(external_data_graph, graph)
+    data = external_data_graph.with_name("model.onnx.data").read_bytes()
+    if damage == "truncated":
+        (tmp_path / "model.onnx.data").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out.json"
+    r = run([cpp_build.infer, graph, "--runtime", runtime, "--json", out])
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    expected = "which does not exist; keep model.onnx and model.onnx.data together" if damage == "missing" else \
+        f"holds {len(data) // 2} bytes but the graph reads"
+    assert len(lines) == 1 and expected in lines[0] and "model.onnx.data" in lines[0], r.stderr
+    assert r.stdout == "" and not out.exists()
 
 
 def test_library_reads_the_graphs_metadata(cpp_build, cpp_graph, tmp_path):
