@@ -1,4 +1,4 @@
-// The README's example: each task's best class for each image given, by name.
+// The example of docs/cpp.md ("Use"): each task's best class for each image given, by name.
 //   subtune-example-classify MODEL.onnx IMAGE...
 #include <subtune/image.hpp>
 #include <subtune/model.hpp>

@@ -205,6 +205,18 @@ def test_readme_example_names_pythons_best_classes(cpp_build, cpp_graph, python_
     assert r.stdout.splitlines() == expected
 
 
+def test_docs_example_is_the_built_example():
+    """docs/cpp.md's example is cpp/examples/classify.cpp (which the tests build and run), line for
+    line, less its usage check."""
+    from tests.cpp.conftest import ROOT
+
+    doc = (ROOT / "docs" / "cpp.md").read_text()
+    example = doc.split("```cpp\n", 1)[1].split("```", 1)[0].splitlines()
+    source = iter((ROOT / "cpp" / "examples" / "classify.cpp").read_text().splitlines())
+    missing = [line for line in example if not any(line == s for s in source)]
+    assert not missing and len(example) > 20, f"docs/cpp.md's example has lines not in classify.cpp: {missing}"
+
+
 def test_cli_bench_reports_the_protocol(cpp_build, cpp_graph, tmp_path):
     out = tmp_path / "bench.json"
     r = run([cpp_build.infer, cpp_graph, "--bench", "--batch", 2, "--threads", 1, "--warmup", 1, "--iters", 3,

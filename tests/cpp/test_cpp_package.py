@@ -73,7 +73,7 @@ def _isolated_env(tmp_path: Path, cxx_env: dict) -> dict:
 
 
 def _classify_lines(images, python_session) -> list[str]:
-    """What the README's example prints: each image's best class per task, from Python's ONNX Runtime."""
+    """What docs/cpp.md's example prints: each image's best class per task, from Python's ONNX Runtime."""
     x = python_images(images[0].parent)
     reference = dict(zip([o.name for o in python_session.get_outputs()], python_session.run(None, {"images": x})))
     return [f"{path} {name}: {classes[int(np.argmax(reference[name][i]))]}"
@@ -93,7 +93,7 @@ def _check_infer_matches_python(infer: Path, graph: Path, images, python_session
 
 
 def _build_consumer(prefix_path: str, build: Path, env: dict, *extra: str) -> Path:
-    """cpp/examples/consumer (the README's example) configured with find_package(subtune) against an
+    """cpp/examples/consumer (docs/cpp.md's example) configured with find_package(subtune) against an
     installed prefix, as C++14: subtune::subtune must bring C++17 (target_compile_features PUBLIC)."""
     _step(["cmake", "-S", ROOT / "cpp" / "examples" / "consumer", "-B", build, f"-DCMAKE_PREFIX_PATH={prefix_path}",
            "-DCMAKE_CXX_STANDARD=14", *extra, *ninja_generator(build)], env=env)
@@ -137,7 +137,7 @@ def test_installed_package_builds_a_consumer_with_find_package(cpp_build, cpp_gr
                                                                tmp_path):
     """The test build (ONNX Runtime from get_sdk.sh, a static libsubtune) installed to a prefix: ONNX
     Runtime's library is installed beside libsubtune, nothing installed has an RPATH into the SDK's
-    cache folder, the installed subtune-infer matches Python, and a C++14 project builds the README's
+    cache folder, the installed subtune-infer matches Python, and a C++14 project builds docs/cpp.md's
     example with find_package(subtune 0.1) -> subtune::subtune and names Python's best classes."""
     prefix = tmp_path / "prefix"
     _step(["cmake", "--install", cpp_build.build_dir, "--prefix", prefix], env=cpp_build.env)
