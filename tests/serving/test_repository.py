@@ -25,19 +25,25 @@ def model_config():
     return parse
 
 
-def _fake_engine(graph, folder):
-    """An 'engine' file beside the ONNX it came from, as subtune-compile -o engine.plan leaves them:
-    the repository copies the engine's bytes and reads shapes and metadata from the ONNX."""
+def _fake_engine(graph, folder, monkeypatch):
+    """An 'engine' file beside the ONNX it came from, each recording the other's hash as
+    subtune-compile -o engine.plan leaves them: the repository copies the engine's bytes and reads
+    shapes and metadata from the ONNX. The pair is checked by its hashes only (TensorRT, where
+    present, would refuse to deserialize these bytes)."""
+    from subtune.runtimes import tensorrt
+
     onnx_path = folder / "engine.onnx"
     onnx_path.write_bytes(graph.read_bytes())
     plan = folder / "engine.plan"
     plan.write_bytes(b"serialized engine bytes")
+    tensorrt.record_engine(onnx_path, plan, batch_range=(1, 8, 32), graph_sha256=tensorrt.onnx_graph_sha256(onnx_path))
+    monkeypatch.setattr(tensorrt, "tensorrt_unavailable_reason", lambda: "a fake engine: its hashes are checked")
     return plan
 
 
 @pytest.mark.parametrize("backend", ["python", "onnxruntime", "tensorrt"])
-def test_configs_parse_as_triton_model_config(backend, tiny_graph, tmp_path, model_config):
-    src = _fake_engine(tiny_graph, tmp_path) if backend == "tensorrt" else tiny_graph
+def test_configs_parse_as_triton_model_config(backend, tiny_graph, tmp_path, model_config, monkeypatch):
+    src = _fake_engine(tiny_graph, tmp_path, monkeypatch) if backend == "tensorrt" else tiny_graph
     repo = write_repository(src, tmp_path / "repo", RepoOptions(name="m", backend=backend, max_batch_size=16,
                                                                instances=2, preprocess=True))
     assert repo.models == ["m", "m_preprocess", "m_ensemble"]
