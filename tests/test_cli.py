@@ -298,7 +298,7 @@ DOES_NOTHING = [
 ]
 
 
-@pytest.mark.parametrize("argv,message", DOES_NOTHING, ids=[" ".join(a[:1] + a[3:5]) for a, _ in DOES_NOTHING])
+@pytest.mark.parametrize("argv,message", DOES_NOTHING, ids=[f"{a[0]}: {m.split(':')[0]}" for a, m in DOES_NOTHING])
 def test_a_flag_that_does_nothing_here_is_refused(tmp_path, capsys, resnet18_files, argv, message):
     """Refused in one line before any work (nothing is written), naming the flag, never ignored."""
     d = resnet18_files
