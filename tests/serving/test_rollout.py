@@ -365,6 +365,12 @@ def test_refusals_change_nothing(rollout_server, rollout_repo, graphs, tmp_path)
         (dict(new_graph=graphs["add"], url="127.0.0.1:1"), "no Triton server answers at 127.0.0.1:1"),
     ]
     before = _hashes(rollout_repo)
+    # the graph version 1 already serves (other file name, same bytes): nothing to do, nothing written
+    same = tmp_path / "same.onnx"
+    shutil.copyfile(graphs["v1"], same)
+    result = subtune.rollout(rollout_repo, same, name="guard", url=url)
+    assert (result.action, result.serving, result.comparison) == ("none", 1, None)
+    assert _hashes(rollout_repo) == before
     x = _images(2, seed=5)
     import tritonclient.http as http
 
@@ -392,7 +398,7 @@ def test_refusals_change_nothing(rollout_server, rollout_repo, graphs, tmp_path)
     assert _hashes(rollout_repo) == before
 
 
-def test_dry_run_prints_the_comparison_and_writes_nothing(rollout_repo, graphs, capsys):
+def test_dry_run_prints_the_comparison_and_writes_nothing(rollout_repo, graphs, tmp_path, capsys):
     from subtune.cli import main
 
     before = _hashes(rollout_repo)
@@ -400,9 +406,33 @@ def test_dry_run_prints_the_comparison_and_writes_nothing(rollout_repo, graphs, 
                  "--dry-run", "--url", "127.0.0.1:1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"guard: version 1 (serving) -> version 2 ({graphs['replace']})"
+    assert "16 check images (random pixels, normalised as the tasks were trained), batches 1 and 16" in out[1]
     rows = {line.split()[0]: line.split()[1] for line in out[2:-1]}
     assert rows == {"base": "same", "t1": "same", "t2": "replaced", "t3": "added"}, out
     assert out[-1] == "dry run: nothing written, no server contacted"
+    # check images from a data set instead, prepared as the tasks were trained
+    for seed in range(3):
+        (tmp_path / f"{seed}.png").write_bytes(_png(seed))
+    assert main(["rollout", str(rollout_repo), str(graphs["add"]), "--name", "guard", "--dry-run",
+                 "--data", f"images:{tmp_path}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"checked on 3 check images (3 from images:{tmp_path}), batches 1 and 3" in out[1]
+    assert _hashes(rollout_repo) == before
+
+
+def test_a_server_without_model_control_is_refused(serve_env, rollout_repo, graphs):
+    """A server started with Triton's default (model control none) cannot load versions: refused
+    in one line before anything is written, naming how to start one that can."""
+    import subtune
+    from subtune.errors import SubtuneError
+    from subtune.serving.server import ServerOptions, TritonServer
+
+    before = _hashes(rollout_repo)
+    with TritonServer(rollout_repo, ServerOptions(ready_timeout_s=90, model_control="none"),
+                      environment=serve_env) as fixed:
+        with pytest.raises(SubtuneError, match="takes no load requests") as info:
+            subtune.rollout(rollout_repo, graphs["add"], name="guard", url=fixed.http_url)
+        assert "subtune serve REPO" in str(info.value) and "\n" not in str(info.value)
     assert _hashes(rollout_repo) == before
 
 
