@@ -41,6 +41,7 @@ from subtune.compiler.plan import Plan
 from subtune.compiler.schedule import Fork, schedule_streams
 from subtune.compiler.verify import checks_to_json, verify
 from subtune.delta import check_preprocess, validate_task
+from subtune import graph_metadata
 from subtune.errors import SubtuneError, VerificationError
 from subtune.passes import (AttachMetadataPass, CheckTensorRTCompatPass, NameBatchDimPass, NameStreamNodesPass,
                             RecordStreamRolesPass, StripExportMetadataPass)
@@ -206,6 +207,7 @@ def clean_up(plan: Plan, options: CompileOptions) -> None:
 
 def _metadata(plan: Plan) -> dict[str, object]:
     meta: dict[str, object] = {
+        "subtune.schema": graph_metadata.schema_version(),
         "subtune.version": __version__,
         "subtune.arch": plan.base.arch,
         "subtune.base_fingerprint": plan.base.fingerprint,
@@ -223,7 +225,7 @@ def _metadata(plan: Plan) -> dict[str, object]:
               if isinstance(t.meta.get("pruned"), dict)}
     if pruned:
         meta["subtune.pruning"] = pruned
-    return meta
+    return graph_metadata.encode(meta, complete=True)
 
 
 def _pruning_summary(report: dict) -> dict[str, object]:
@@ -269,7 +271,8 @@ def record_verification(plan: Plan, options: CompileOptions) -> None:
             "tolerance": ver["tolerance"], "batches": ver["batches"], "measure": "max |error| / max |reference|",
             **({"precision": precision["precision"], "precision_checked": "verification" in precision}
                if precision else {})}
-    plan.onnx = AttachMetadataPass(meta)(plan.onnx).model
+    plan.onnx = AttachMetadataPass(graph_metadata.encode(meta))(plan.onnx).model
+    graph_metadata.decode(plan.onnx.metadata_props, "the compiled graph")  # the whole set, as every reader checks it
 
 
 def load_calibration(plan: Plan, options: CompileOptions) -> None:

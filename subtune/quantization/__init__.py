@@ -170,6 +170,7 @@ class ReducedGraph:
 
 def reduce_precision(model: ir.Model, options: PrecisionOptions, calibration: CalibrationSet,
                      tasks=()) -> ReducedGraph:
+    from subtune import graph_metadata
     from subtune.passes import AttachMetadataPass
 
     if options.precision == "int8":
@@ -190,14 +191,13 @@ def reduce_precision(model: ir.Model, options: PrecisionOptions, calibration: Ca
         fp16, report = convert_fp16(model)
         reduced = ReducedGraph(fp16, None, {"precision": "fp16", **report})
     # quantize_static and the fp16 converter rebuild the model; the compiler's metadata comes along
-    meta = {k: v for k, v in model.metadata_props.items()}
-    meta["subtune.precision"] = options.precision
+    meta: dict[str, object] = {"subtune.precision": options.precision}
     if options.precision == "int8":
         meta["subtune.calibration"] = {"source": calibration.source, "method": options.calibration_method,
                                        "target": options.int8_target,
                                        "fp32_layers": reduced.report.get("mixed", {}).get("fallback", {}).get(
                                            "labels", [])}
-    AttachMetadataPass(meta)(reduced.model)
+    AttachMetadataPass({**model.metadata_props, **graph_metadata.encode(meta)})(reduced.model)
     return reduced
 
 

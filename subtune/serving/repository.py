@@ -276,10 +276,13 @@ def write_version_files(graph: GraphInfo, folder: Path, backend: str, labels: di
             shutil.copyfile(graph.onnx_path.parent / name, folder / name)
             written.append(name)
     if backend == "python":
-        from subtune.serving.models import GRAPH_MODEL
+        from subtune.serving.models import GRAPH_MODEL, GRAPH_MODEL_SUPPORT
 
         shutil.copyfile(GRAPH_MODEL, folder / "model.py")
         written.append("model.py")
+        for support in GRAPH_MODEL_SUPPORT:  # the metadata reader model.py checks the graph with
+            shutil.copyfile(support, folder / support.name)
+            written.append(support.name)
     write_labels(folder, labels)
     return written + sorted(labels)
 

@@ -10,6 +10,7 @@ import pytest
 from subtune.errors import SubtuneError
 from subtune.serving.repository import RepoOptions, write_repository
 from tests.serving.conftest import PREPROCESS, T1_CLASSES
+from tests.metadata_fixtures import with_subtune_metadata
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,9 @@ def test_bad_input_leaves_nothing(tiny_graph, tmp_path):
         with pytest.raises(SubtuneError, match=message):
             write_repository(tiny_graph, tmp_path / "r", RepoOptions(**opts))
         assert not (tmp_path / "r").exists()
+    onnx.save(onnx.helper.make_model(g), str(tmp_path / "foreign.onnx"))
+    with pytest.raises(SubtuneError, match="not a subtune graph"):
+        write_repository(tmp_path / "foreign.onnx", tmp_path / "r", RepoOptions())
     (tmp_path / "exists").mkdir()
     with pytest.raises(SubtuneError, match="exists"):
         write_repository(tiny_graph, tmp_path / "exists", RepoOptions())
@@ -106,7 +110,8 @@ def test_bad_input_leaves_nothing(tiny_graph, tmp_path):
 
 
 def test_preprocess_needs_recorded_preprocessing(tmp_path):
-    """A graph whose tasks record no preprocessing cannot get the image ensemble."""
+    """A graph whose tasks record no preprocessing cannot get the image ensemble; an ONNX file that
+    is not a compiled graph is refused in one line."""
     import onnx
 
     from subtune.serving.graph import read_graph
@@ -115,7 +120,7 @@ def test_preprocess_needs_recorded_preprocessing(tmp_path):
                                [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["b", 3, 8, 8])],
                                [onnx.helper.make_tensor_value_info("base", onnx.TensorProto.FLOAT, ["b", 3, 8, 8])])
     path = tmp_path / "plain.onnx"
-    onnx.save(onnx.helper.make_model(g), str(path))
+    onnx.save(with_subtune_metadata(onnx.helper.make_model(g), ["base"]), str(path))
     assert read_graph(path).outputs[0].dims == [3, 8, 8]
     with pytest.raises(SubtuneError, match="records no preprocessing"):
         write_repository(path, tmp_path / "r", RepoOptions(preprocess=True))
@@ -147,7 +152,7 @@ def test_external_weights_travel_with_the_graph(tmp_path):
                           [numpy_helper.from_array(w, "w")])
     src = tmp_path / "src"
     src.mkdir()
-    onnx.save(helper.make_model(g), str(src / "big.onnx"), save_as_external_data=True,
+    onnx.save(with_subtune_metadata(helper.make_model(g), ["base"]), str(src / "big.onnx"), save_as_external_data=True,
               all_tensors_to_one_file=True, location="big.onnx.data", size_threshold=0)
     repo = write_repository(src / "big.onnx", tmp_path / "r", RepoOptions(backend="onnxruntime"))
     version = repo.path / "big" / "1"

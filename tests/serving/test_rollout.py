@@ -504,7 +504,8 @@ def test_external_weights_roll_out_with_their_graph(rollout_server, rollout_repo
     onnx.save(onnx.load(str(source)), str(big), save_as_external_data=True, all_tensors_to_one_file=True,
               location="big.onnx.data", size_threshold=1024)
     result = subtune.rollout(rollout_repo, big, name="guard", url=rollout_server.http_url)
-    assert result.serving == 2 and result.written == ["model.onnx", "big.onnx.data", "model.py", "labels_t1.txt"]
+    assert result.serving == 2 and result.written[:2] == ["model.onnx", "big.onnx.data"]
+    assert {"model.py", "labels_t1.txt"} <= set(result.written)
     assert set(result.comparison.named("same")) == {"base", "t1", "t2"}
     assert all(o.bit_identical for o in result.comparison.outputs) and result.server_max_difference == 0.0
     assert (rollout_repo / "guard" / "2" / "big.onnx.data").read_bytes() == (tmp_path / "big.onnx.data").read_bytes()
