@@ -93,7 +93,12 @@ def test_bad_input_leaves_nothing(tiny_graph, tmp_path):
         with pytest.raises(SubtuneError, match=message):
             write_repository(tiny_graph, tmp_path / "r", RepoOptions(**opts))
         assert not (tmp_path / "r").exists()
-    onnx.save(onnx.helper.make_model(g), str(tmp_path / "foreign.onnx"))
+    import onnx
+
+    g = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["images"], ["base"])], "g",
+                               [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["b", 3, 8, 8])],
+                               [onnx.helper.make_tensor_value_info("base", onnx.TensorProto.FLOAT, ["b", 3, 8, 8])])
+    onnx.save(onnx.helper.make_model(g), str(tmp_path / "foreign.onnx"))  # no subtune metadata
     with pytest.raises(SubtuneError, match="not a subtune graph"):
         write_repository(tmp_path / "foreign.onnx", tmp_path / "r", RepoOptions())
     (tmp_path / "exists").mkdir()
@@ -106,7 +111,7 @@ def test_bad_input_leaves_nothing(tiny_graph, tmp_path):
     garbage.write_bytes(b"not a graph")
     with pytest.raises(SubtuneError, match="not a readable ONNX"):
         write_repository(garbage, tmp_path / "r", RepoOptions())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "garbage.onnx", "lonely.plan"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "foreign.onnx", "garbage.onnx", "lonely.plan"]
 
 
 def test_preprocess_needs_recorded_preprocessing(tmp_path):
