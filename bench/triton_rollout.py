@@ -212,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                 changes.append({"change": label, "command_start_s": began, "command_end_s": ended,
                                 "from_version": r.served_before, "to_version": r.serving,
                                 "server_load_s": r.load_seconds,
-                                "outputs": {o.name: o.status for o in r.comparison.outputs}})
+                                "checked_same_layout": r.comparison.same_layout,
+                                "outputs": {o.name: {"status": o.status, "bit_identical": o.bit_identical,
+                                                     "max_difference": o.max_difference}
+                                            for o in r.comparison.outputs}})
                 time.sleep(args.steady)
             if not args.no_restart:
                 print("restart (for contrast) ...", file=sys.stderr)
