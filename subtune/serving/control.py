@@ -127,12 +127,16 @@ class ServerControl:
         return None
 
     # ---------------------------------------------------------------- changing
-    def load(self, name: str) -> float:
-        """Ask the server to load (or reload) `name` from its repository; returns the seconds it
-        took. Raises LoadNotAllowed, LoadFailed (the server's reason) or LoadTimedOut."""
+    def load(self, name: str, timeout_s: float | None = None) -> float:
+        """Ask the server to load (or reload) `name` from its repository and wait for it (at most
+        `timeout_s`, default the rollout's load timeout); returns the seconds it took. Raises
+        LoadNotAllowed, LoadFailed (the server's reason) or LoadTimedOut."""
         began = time.monotonic()
+        bound = self.timeout_s if timeout_s is None else timeout_s
+        client = self._loader if timeout_s is None else self._http.InferenceServerClient(
+            self.url, connection_timeout=self.request_timeout_s, network_timeout=bound)
         try:
-            self._loader.load_model(name)
+            client.load_model(name)
         except self._error as e:
             message = e.message() or str(e)
             if "not allowed" in message:
@@ -140,15 +144,21 @@ class ServerControl:
                                      "it was started without explicit model control; restart it with "
                                      "`subtune serve REPO` (explicit model control is its default)") from None
             if "timed out" in message.lower() or "timeout" in message.lower():
-                raise LoadTimedOut(f"the server at {self.url} did not finish loading {name} within "
-                                   f"{self.timeout_s:.0f} s") from None
+                raise LoadTimedOut(f"the server at {self.url} did not finish loading {name} within {bound:g} s "
+                                   "(--timeout)") from None
             raise LoadFailed(_server_reason(message)) from None
         except Exception as e:  # noqa: BLE001 - the client's socket timeout and friends
-            if time.monotonic() - began >= self.timeout_s * 0.9:
-                raise LoadTimedOut(f"the server at {self.url} did not finish loading {name} within "
-                                   f"{self.timeout_s:.0f} s") from None
+            if time.monotonic() - began >= bound * 0.9:
+                raise LoadTimedOut(f"the server at {self.url} did not finish loading {name} within {bound:g} s "
+                                   "(--timeout)") from None
             raise SubtuneError(f"the server at {self.url} stopped answering while loading {name} "
                                f"({type(e).__name__}: {_first_line(str(e))})") from None
+        finally:
+            if client is not self._loader:
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
         return time.monotonic() - began
 
     def wait_versions(self, name: str, versions: list[int], timeout_s: float) -> bool:

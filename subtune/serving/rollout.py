@@ -54,6 +54,7 @@ from subtune.serving.versions import Edit, GraphModel, graph_digest, open_graph_
 
 log = logging.getLogger(__name__)
 RETIRE_WAIT_S = 30.0  # the old version finishes the requests it holds, then unloads
+RECOVERY_LOAD_S = 600.0  # putting the old version back may first wait for a load that ran past --timeout
 
 
 @dataclass
@@ -156,10 +157,10 @@ def rollout(repository: str | os.PathLike, new_graph: str | os.PathLike | None =
                 raise SubtuneError(f"the server reports version {target} of {model.name} not ready after loading it")
             result.server_max_difference = _check_answers(server, model, target, images.images, comparison)
         except BaseException as e:
-            restored = _undo(switch, edit, model, say)
+            problem = _undo(switch, edit, model, say)
             if isinstance(e, SubtuneError):
                 after = (f"version {model.served} of {model.name} serves as before and the repository is as it was"
-                         if restored else f"putting version {model.served} back failed too (see above)")
+                         if problem is None else f"putting version {model.served} back failed too: {problem}")
                 raise SubtuneError(f"{e}; {after}") from None
             raise
         result.serving, result.history = target, history
@@ -218,7 +219,8 @@ def _check_server(model: GraphModel, server: ServerControl) -> None:
     if loaded is not None and loaded != model.history:
         raise SubtuneError(f"the server at {server.url} loaded {model.name} with {HISTORY_PARAMETER} {loaded}, the "
                            f"repository says {model.history}: is it serving a copy of this repository?")
-    server.load(model.name)  # nothing changed on disk: a no-op, which tells whether loads are allowed
+    server.load(model.name, timeout_s=server.request_timeout_s)  # nothing changed on disk: a no-op, which
+    # tells whether the server takes load requests
 
 
 class _Switch:
@@ -234,17 +236,17 @@ class _Switch:
     def ensemble_outputs(self) -> list[str] | None:
         return [o.name for o in self.ensemble.output] if self.ensemble is not None else None
 
-    def _load_ensemble(self, config) -> None:
+    def _load_ensemble(self, config, timeout_s: float | None = None) -> None:
         ens = self.model.ensemble
         self.edit.write_config(ens, config)
         try:
-            self.server.load(ens.name)
+            self.server.load(ens.name, timeout_s)
         except LoadFailed as e:
             raise SubtuneError(f"the server could not load {ens.name} with outputs "
                                f"{', '.join(o.name for o in config.output)}: {e}") from None
         self.ensemble = config
 
-    def to(self, config, outputs: list[str], ensemble=None) -> float:
+    def to(self, config, outputs: list[str], ensemble=None, timeout_s: float | None = None) -> float:
         """Serve `config` (the graph model) and the ensemble answering with `outputs` (or the
         ensemble configuration `ensemble`). Returns the seconds the server took to load the graph
         model."""
@@ -252,11 +254,12 @@ class _Switch:
             # a. first, ask the graph only for outputs both versions have
             common = [name for name in self.ensemble_outputs if name in outputs]
             if common != self.ensemble_outputs:
-                self._load_ensemble(self.model.ensemble_config(self.graph_config, common))
+                self._load_ensemble(self.model.ensemble_config(self.graph_config or self.original_config, common),
+                                    timeout_s)
         # b. the graph model: Triton loads the new version beside the old and swaps when it is ready
         self.edit.write_config(self.model.model, config)
         try:
-            seconds = self.server.load(self.model.name)
+            seconds = self.server.load(self.model.name, timeout_s)
         except LoadFailed as e:
             raise SubtuneError(f"the server could not load {self.model.name} version "
                                f"{list(config.version_policy.specific.versions)[0]}: {e}") from None
@@ -268,35 +271,37 @@ class _Switch:
         if self.ensemble is not None:
             final = ensemble if ensemble is not None else self.model.ensemble_config(config, outputs)
             if final != self.ensemble:
-                self._load_ensemble(final)
+                self._load_ensemble(final, timeout_s)
         return seconds
 
-    def back(self) -> None:
-        """Serve the original configuration again (the server's state may be anywhere between)."""
+    def back(self, timeout_s: float) -> None:
+        """Serve the original configuration again (the server's state may be anywhere between;
+        after a load that ran past --timeout it is unknown, and the load of the original waits for
+        that one to end)."""
         if self.graph_config is not self.original_config:
             self.to(self.original_config, [o.name for o in self.original_ensemble.output]
-                    if self.original_ensemble is not None else [], self.original_ensemble)
+                    if self.original_ensemble is not None else [], self.original_ensemble, timeout_s)
         elif self.ensemble is not self.original_ensemble and self.ensemble != self.original_ensemble:
-            self._load_ensemble(self.original_ensemble)
+            self._load_ensemble(self.original_ensemble, timeout_s)
 
 
-def _undo(switch: _Switch, edit: Edit, model: GraphModel, say) -> bool:
-    """Switch the server back, then put the repository's bytes back. Returns whether both
-    worked; reported, never raised: the caller raises the reason the rollout failed."""
-    ok = True
+def _undo(switch: _Switch, edit: Edit, model: GraphModel, say) -> str | None:
+    """Switch the server back (waiting, if need be, for a load that ran past --timeout to end
+    first), then put the repository's bytes back. Returns what went wrong, None when both worked;
+    never raises: the caller raises the reason the rollout failed."""
+    problems = []
     try:
-        switch.back()
+        switch.back(RECOVERY_LOAD_S)
     except BaseException as e:  # noqa: BLE001
-        ok = False
-        log.error("switching %s back to version %d failed: %s", model.name, model.served, e)
-        say(f"could not switch the server back to version {model.served}: {e}")
+        problems.append(f"the server: {e}")
     try:
         edit.restore()
     except OSError as e:
-        ok = False
-        log.error("restoring %s failed: %s", model.repository, e)
-        say(f"could not restore {model.repository}: {e}")
-    return ok
+        problems.append(f"the repository: {e}")
+    for p in problems:
+        log.error("undoing the rollout of %s: %s", model.name, p)
+        say(f"undoing the rollout: {p}")
+    return "; ".join(problems) or None
 
 
 def _check_answers(server: ServerControl, model: GraphModel, version: int, images: np.ndarray,

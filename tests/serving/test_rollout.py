@@ -457,7 +457,8 @@ def test_a_version_the_server_cannot_load_leaves_the_old_one_serving(rollout_ser
     """The checks pass, the server's load fails (the version's model.py raises in initialize, as a
     graph the server's runtime rejects would): the rollout fails in one line with the server's
     reason, 8 clients see zero failed requests, all answered by version 1, and the repository is
-    as it was. The same rollout then succeeds once the fault is gone."""
+    as it was. The same for a load that takes longer than --timeout (the new version may answer
+    until the old one is back). The same rollout then succeeds once the fault is gone."""
     import subtune
     import subtune.serving.models as served_models
     from subtune.errors import SubtuneError
@@ -479,6 +480,14 @@ def test_a_version_the_server_cannot_load_leaves_the_old_one_serving(rollout_ser
         assert _hashes(rollout_repo) == before
         time.sleep(0.5)
         monkeypatch.undo()
+        # a load that takes longer than --timeout: the old version is put back once the load ends
+        timed_out_at = time.monotonic()
+        with pytest.raises(SubtuneError) as info:
+            subtune.rollout(rollout_repo, graphs["add"], name="fault", url=url, timeout=0.01)
+        message = str(info.value)
+        assert "did not finish loading fault within 0.01 s" in message and "version 1 of fault serves as before" in message
+        assert _hashes(rollout_repo) == before
+        time.sleep(0.5)
         began = time.monotonic()
         result = subtune.rollout(rollout_repo, graphs["add"], name="fault", url=url)
         assert result.serving == 2
@@ -487,8 +496,9 @@ def test_a_version_the_server_cannot_load_leaves_the_old_one_serving(rollout_ser
         records = load.stop()
     seen = _check_answers(records, Outputs(rollout_repo / "fault"))
     assert seen[1] >= 20 and seen[2] >= 1, seen
-    failed_at = min(r["t"] for r in records if r["version"] == 2)
-    assert {r["version"] for r in records if r["end"] < failed_at - 1.0} == {1}
+    # only version 1 answered until the timed-out load (the failed load never served), and again after it
+    assert {r["version"] for r in records if r["ok"] and r["end"] < timed_out_at} == {1}
+    assert {r["version"] for r in records if r["ok"] and began - 0.5 > r["t"] > timed_out_at + 3} <= {1}
 
 
 def test_external_weights_roll_out_with_their_graph(rollout_server, rollout_repo, tmp_path):
