@@ -98,10 +98,18 @@ class RolloutResult:
 def rollout(repository: str | os.PathLike, new_graph: str | os.PathLike | None = None, *, rollback: bool = False,
             options: RolloutOptions | None = None, on_progress: Callable[[str], None] | None = None) -> RolloutResult:
     o = options or RolloutOptions()
-    say = on_progress or (lambda line: None)
-    began = time.monotonic()
     if (new_graph is None) == (not rollback):
         raise SubtuneError("give the new graph (NEW.onnx) or --rollback, one of the two")
+    if not Path(repository).is_dir():
+        raise SubtuneError(f"{repository}: not a folder; expected a Triton model repository "
+                           "(subtune triton-repo MODEL.onnx -o REPO)")
+    # one rollout at a time per repository, from reading it to the end (a dry run changes nothing)
+    with contextlib.nullcontext() if o.dry_run else _locked(Path(repository)):
+        return _rollout(Path(repository), new_graph, rollback, o, on_progress or (lambda line: None))
+
+
+def _rollout(repository: Path, new_graph, rollback: bool, o: RolloutOptions, say) -> RolloutResult:
+    began = time.monotonic()
     model = open_graph_model(repository, o.name)
     if model.backend == "tensorrt":
         raise SubtuneError(f"{model.model.folder} serves a TensorRT engine; a rollout checks graphs with ONNX Runtime "
@@ -142,7 +150,7 @@ def rollout(repository: str | os.PathLike, new_graph: str | os.PathLike | None =
         say("dry run: nothing written, no server contacted")
         result.seconds = time.monotonic() - began
         return result
-    with _locked(model.repository), ServerControl(o.url, o.timeout_s) as server:
+    with ServerControl(o.url, o.timeout_s) as server:
         result.url = server.url
         _check_server(model, server)
         config, labels = model.config_serving(target, graph, history)
