@@ -282,7 +282,7 @@ def report(result: dict) -> tuple[str, str]:
     s = result["settings"]
     head = (f"Triton lifecycle: {result['arch']} at {result['image_size']}x{result['image_size']}, python backend, "
             f"{s['concurrency']} clients (gRPC and HTTP, one image per request, {s['timeout']:.0f} s timeout), "
-            f"{s['steady']:.0f} s steady windows; {result['requests']} requests in all")
+            f"{s['steady']:g} s steady windows; {result['requests']} requests in all")
     machine = (f"machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores; load average before "
                f"{m.get('load_average')}, after {result['machine_after'].get('load_average')}")
     note = ("before/after: the steady windows either side of the command; during: from the command to its return "
