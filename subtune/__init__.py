@@ -5,7 +5,7 @@
     result = subtune.compile("base.pt", ["dogs.pt", "cats.pt"], "model.onnx")
 
 The API (subtune/api/: compile, train, profile, prune, prune_sweep, select, benchmark,
-benchmark_compare, benchmark_profile, triton_repo, their result classes and the option objects
+benchmark_compare, benchmark_profile, triton_repo, rollout, their result classes and the option objects
 train and profile take: SubTuning, Head2Toe, LoRA, Linear, Full, DataOptions, TrainingOptions,
 RayOptions) is imported on
 first use, and heavy libraries (torch, onnx, onnxruntime, tensorrt) where they are used, so
@@ -21,7 +21,7 @@ _API = {
     "compile", "CompileResult", "train", "TrainResult", "profile", "ProfileResult", "ProfileInterrupted",
     "prune", "PruneResult", "prune_sweep", "SweepResult",
     "select", "SelectResult", "benchmark", "benchmark_compare", "benchmark_profile", "BenchResult",
-    "triton_repo", "Repository",
+    "triton_repo", "Repository", "rollout", "RolloutResult",
     "SubTuning", "Head2Toe", "LoRA", "Linear", "Full", "DataOptions", "TrainingOptions", "RayOptions",
 }
 

@@ -38,6 +38,7 @@ COMMANDS = {
     "bench": "Time a model, compare deployments of a base and its tasks, or plot accuracy against added latency.",
     "triton-repo": "Write a Triton model repository for a compiled graph (python, onnxruntime or tensorrt backend).",
     "serve": "Serve a Triton model repository or a compiled graph with a real tritonserver on 127.0.0.1.",
+    "rollout": "Serve a new compiled graph (or the previous one) on a running Triton server, checked, without downtime.",
 }
 
 

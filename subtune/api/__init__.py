@@ -17,6 +17,7 @@ The command line parses arguments, calls one of these and prints.
     benchmark_compare(base, tasks, ...)          -> BenchResult     `subtune-bench --compare`
     benchmark_profile(base, profile, ...)        -> BenchResult     `subtune-bench --profile`
     triton_repo(graph, output, ...)              -> Repository      `subtune triton-repo`
+    rollout(repository, new_graph, ...)          -> RolloutResult   `subtune rollout`
 
 `train` and `profile` take typed option objects (subtune.training.options, also here): the
 method, SubTuning(blocks, ...), Head2Toe(...), LoRA(...), Linear() or Full(), each taking only its
@@ -45,6 +46,7 @@ WHERE = {
     "select": "_select", "SelectResult": "_select",
     "benchmark": "_bench", "benchmark_compare": "_bench", "benchmark_profile": "_bench", "BenchResult": "_bench",
     "triton_repo": "_serving", "Repository": "_serving",
+    "rollout": "_rollout", "RolloutResult": "_rollout",
     **{name: "_options" for name in ("SubTuning", "Head2Toe", "LoRA", "Linear", "Full", "DataOptions",
                                      "TrainingOptions", "RayOptions")},
 }

@@ -53,14 +53,16 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(repo.describe(), indent=2))
         return 0
-    print(f"wrote {repo.path}: models {', '.join(repo.models)} ({repo.backend} backend); "
+    print(f"wrote {repo.path}: models {', '.join(repo.models)} ({repo.backend} backend), {repo.graph_model} "
+          f"version {repo.version}; "
           f"outputs {', '.join(repo.outputs)}"
           + (f"; class labels for {', '.join(repo.labels)}" if repo.labels else ""))
     if repo.ensemble:
         print(f"clients send encoded images to {repo.ensemble} (input image_bytes, BYTES [batch, 1]); "
               f"tensors to {repo.graph_model} (input images)")
     if repo.backend == "python":
-        print(f"serve it here: subtune serve {repo.path}")
+        print(f"serve it here: subtune serve {repo.path}; later graphs go live with "
+              f"subtune rollout {repo.path} NEW.onnx (versions {repo.version + 1}, {repo.version + 2}, ...)")
     else:
         print(f"the {repo.backend} backend loads in NVIDIA's Triton containers (tritonserver --model-repository "
               f"{repo.path}); here, serve the python backend: subtune triton-repo {args.graph} --backend python -o REPO")

@@ -64,10 +64,13 @@ def test_configs_parse_as_triton_model_config(backend, tiny_graph, tmp_path, mod
     # the subtune metadata travels in parameters, as JSON
     assert json.loads(cfg.parameters["subtune.outputs"].string_value) == ["base", "t1", "t2"]
     assert json.loads(cfg.parameters["subtune.preprocess"].string_value)["t1"] == PREPROCESS
-    # label file for the task with class names only
+    # label file for the task with class names only, in the version folder (each version has its own)
     labels = {o.name: o.label_filename for o in cfg.output}
-    assert labels == {"base": "", "t1": "labels_t1.txt", "t2": ""}
-    assert (repo.path / "m" / "labels_t1.txt").read_text().splitlines() == T1_CLASSES
+    assert labels == {"base": "", "t1": "1/labels_t1.txt", "t2": ""}
+    assert (repo.path / "m" / "1" / "labels_t1.txt").read_text().splitlines() == T1_CLASSES
+    # version 1, served by name (so versions 2, 3, ... can be written beside it while it serves)
+    assert repo.version == 1 and list(cfg.version_policy.specific.versions) == [1]
+    assert json.loads(cfg.parameters["served_versions"].string_value) == [1]
 
     pre = model_config(repo.path / "m_preprocess" / "config.pbtxt")
     assert pre.backend == "python" and [list(o.dims) for o in pre.output] == [[3, 32, 32]]
@@ -75,6 +78,7 @@ def test_configs_parse_as_triton_model_config(backend, tiny_graph, tmp_path, mod
     ens = model_config(repo.path / "m_ensemble" / "config.pbtxt")
     assert ens.platform == "ensemble" and [s.model_name for s in ens.ensemble_scheduling.step] == ["m_preprocess", "m"]
     assert [o.name for o in ens.output] == ["base", "t1", "t2"]
+    assert {o.name: o.label_filename for o in ens.output}["t1"] == "../m/1/labels_t1.txt"  # the served version's
     assert (repo.path / "m_ensemble" / "1").is_dir()
 
 
@@ -95,7 +99,12 @@ def test_bad_input_leaves_nothing(tiny_graph, tmp_path):
         with pytest.raises(SubtuneError, match=message):
             write_repository(tiny_graph, tmp_path / "r", RepoOptions(**opts))
         assert not (tmp_path / "r").exists()
-    onnx.save(onnx.helper.make_model(g), str(tmp_path / "foreign.onnx"))
+    import onnx
+
+    g = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["images"], ["base"])], "g",
+                               [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["b", 3, 8, 8])],
+                               [onnx.helper.make_tensor_value_info("base", onnx.TensorProto.FLOAT, ["b", 3, 8, 8])])
+    onnx.save(onnx.helper.make_model(g), str(tmp_path / "foreign.onnx"))  # no subtune metadata
     with pytest.raises(SubtuneError, match="not a subtune graph"):
         write_repository(tmp_path / "foreign.onnx", tmp_path / "r", RepoOptions())
     (tmp_path / "exists").mkdir()
@@ -108,7 +117,7 @@ def test_bad_input_leaves_nothing(tiny_graph, tmp_path):
     garbage.write_bytes(b"not a graph")
     with pytest.raises(SubtuneError, match="not a readable ONNX"):
         write_repository(garbage, tmp_path / "r", RepoOptions())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "garbage.onnx", "lonely.plan"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "foreign.onnx", "garbage.onnx", "lonely.plan"]
 
 
 def test_preprocess_needs_recorded_preprocessing(tmp_path):
