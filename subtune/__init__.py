@@ -5,7 +5,8 @@
     result = subtune.compile("base.pt", ["dogs.pt", "cats.pt"], "model.onnx")
 
 The API (subtune/api/: compile, train, profile, prune, prune_sweep, select, benchmark,
-benchmark_compare, benchmark_profile, triton_repo and their result classes) is imported on
+benchmark_compare, benchmark_profile, triton_repo and their result classes; load_graph, which runs
+a compiled graph) is imported on
 first use, and heavy libraries (torch, onnx, onnxruntime, tensorrt) where they are used, so
 `import subtune` and argument parsing stay cheap. Library code logs on the "subtune" logger
 and never prints.
@@ -19,7 +20,7 @@ _API = {
     "compile", "CompileResult", "train", "TrainResult", "profile", "ProfileResult", "ProfileInterrupted",
     "prune", "PruneResult", "prune_sweep", "SweepResult",
     "select", "SelectResult", "benchmark", "benchmark_compare", "benchmark_profile", "BenchResult",
-    "triton_repo", "Repository",
+    "triton_repo", "Repository", "load_graph",
 }
 
 __all__ = sorted(_API) + ["__version__"]

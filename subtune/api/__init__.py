@@ -17,6 +17,7 @@ The command line parses arguments, calls one of these and prints.
     benchmark_compare(base, tasks, ...)          -> BenchResult     `subtune-bench --compare`
     benchmark_profile(base, profile, ...)        -> BenchResult     `subtune-bench --profile`
     triton_repo(graph, output, ...)              -> Repository      `subtune triton-repo`
+    load_graph(path, provider=..., threads=...)  -> CompiledGraphRunner  run a compiled graph from Python
 
 User errors raise subtune.errors.SubtuneError (one line, says what to do). Progress and what
 was written are logged on the "subtune" logger; nothing here prints. (`benchmark` is not
@@ -39,6 +40,7 @@ WHERE = {
     "select": "_select", "SelectResult": "_select",
     "benchmark": "_bench", "benchmark_compare": "_bench", "benchmark_profile": "_bench", "BenchResult": "_bench",
     "triton_repo": "_serving", "Repository": "_serving",
+    "load_graph": "_run",
 }
 
 __all__ = sorted(WHERE)

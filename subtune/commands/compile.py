@@ -56,6 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-fallback", type=int, metavar="K",
                    help="int8: keep at most K layers in fp32 to meet the targets (default: half of the quantised "
                         "layers; 0: plain int8)")
+    p.add_argument("--task-select", action="store_true",
+                   help="give the graph a second input `tasks` (bool [batch, k], one column per task in output order): "
+                        "each image computes the base plus only the tasks it asks for; a task's output is NaN in the "
+                        "rows that did not ask (docs/task-selection.md); .onnx output only")
     p.add_argument("--allow-slower", action="store_true",
                    help="int8 for ONNX Runtime CPU: keep the graph even when the compile's quick latency check finds "
                         "it slower than fp32 on this host (refused by default)")
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     options = dict(verify=not args.no_verify, verify_batches=verify_batches,
                    tolerance=args.tolerance, image_size=image_size(args.image_size),
                    report=args.report if args.report else True, prune=_prune_options(args),
-                   precision=_precision_options(args), check_tensorrt=not args.no_tensorrt_check, progress=True)
+                   precision=_precision_options(args), check_tensorrt=not args.no_tensorrt_check,
+                   task_select=args.task_select, progress=True)
     if batch_range:
         options["batch_range"] = batch_range
     try:
@@ -95,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
 def _print_summary(result) -> None:
     plan, out = result.plan, result.output
     what = "TensorRT engine, " if out.suffix in (".plan", ".engine") else ""
-    print(f"wrote {out} ({what}{result.bytes / 1e6:.1f} MB): outputs {', '.join(plan.output_names)}; "
-          f"input images[batch, 3, {plan.input_size[0]}, {plan.input_size[1]}]")
+    inputs = f"images[batch, 3, {plan.input_size[0]}, {plan.input_size[1]}]"
+    if "subtune.task_select" in plan.onnx.metadata_props:
+        inputs += f" and tasks[batch, {len(plan.tasks)}] (bool; a task's output is NaN where its column is false)"
+    print(f"wrote {out} ({what}{result.bytes / 1e6:.1f} MB): outputs {', '.join(plan.output_names)}; input {inputs}")
     for f in result.files[1:]:
         if f != result.report_path:
             print(f"  beside it: {f}, {f.stat().st_size / 1e6:.1f} MB: {_file_role(f, out)}")
@@ -122,11 +129,17 @@ def _print_summary(result) -> None:
 
 def _print_verification(ver: dict) -> None:
     print(f"verification (ONNX Runtime CPU vs PyTorch eager, tolerance {ver['tolerance']:.0e} relative):")
-    print(f"  {'output':<20} {'batch':>5} {'max abs err':>12} {'relative':>10}  reference")
+    masks = "task_select" in ver
+    mask_head = f" {'mask':<18} {'rows':>4}" if masks else ""
+    print(f"  {'output':<20} {'batch':>5}{mask_head} {'max abs err':>12} {'relative':>10}  reference")
     for c in ver["checks"]:
         flag = "" if c.get("passed", True) else "  FAILED"
-        print(f"  {c['output']:<20} {c['batch']:>5} {c['max_abs_error']:>12.3e} {c['relative_error']:>10.2e}  "
+        mask = f" {c.get('mask', ''):<18} {c.get('rows', ''):>4}" if masks else ""
+        print(f"  {c['output']:<20} {c['batch']:>5}{mask} {c['max_abs_error']:>12.3e} {c['relative_error']:>10.2e}  "
               f"{c['reference']}{flag}")
+    if masks and ver.get("passed"):
+        print(f"  under every mask ({', '.join(ver['task_select']['masks'])}): the base bit for bit the same, "
+              "NaN exactly where a task was not asked for")
 
 
 def _file_role(path: Path, out: Path) -> str:
