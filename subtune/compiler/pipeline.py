@@ -39,7 +39,7 @@ import onnx_ir as ir
 import torch
 
 from subtune.compiler.export import export_onnx, needs_external_data, onnx_bytes, onnx_on_disk, weight_bytes
-from subtune.compiler.lower import FILL, MultiTaskModel, TaskSelectModel
+from subtune.compiler.lower import MultiTaskModel, TaskSelectModel
 from subtune.compiler.plan import Plan
 from subtune.compiler.schedule import Fork, schedule_streams
 from subtune.compiler.verify import MASKS, checks_to_json, verify
@@ -208,7 +208,8 @@ def clean_up(plan: Plan, options: CompileOptions) -> None:
     index_inputs = list(getattr(plan.module, "index_inputs", ()))
     names = [t.name for t in plan.tasks] if index_inputs else []
     passes = ir.passes.Sequential(
-        RecordStreamRolesPass(plan.module.stream_roles(), plan.module.input_roles()),  # what quantisation reads; needs the exporter's scopes
+        # what quantisation reads; needs the exporter's scopes
+        RecordStreamRolesPass(plan.module.stream_roles(), plan.module.input_roles()),
         TaskRowsFromMaskPass(index_inputs, names, [rows_role(n) for n in names]),  # no-op without --task-select
         NameStreamNodesPass(forks),
         NameBatchDimPass(),
@@ -246,7 +247,7 @@ def _metadata(plan: Plan, options: CompileOptions) -> dict[str, object]:
         meta["subtune.pruning"] = pruned
     if options.task_select:
         meta["subtune.task_select"] = {"input": MASK_INPUT, "dtype": "bool", "columns": [t.name for t in plan.tasks],
-                                       "fill": "NaN" if FILL != FILL else FILL}
+                                       "fill": "NaN"}  # lower.FILL
     return graph_metadata.encode(meta, complete=True)
 
 

@@ -112,6 +112,10 @@ def test_every_node_has_a_stream_role_from_the_lowering(compiled):
     assert None not in roles
     for t in tasks:
         assert {f"rows:{t.name}", f"fill:{t.name}", f"fork:{t.name}"} <= roles, t.name
+    names = [n.name for n in plan.onnx.graph]  # readable names for people (NameStreamNodesPass)
+    for prefix in ("task_rows/early/NonZero", "fork_early_before_block2/", "select_siam_base_features/",
+                   "select_h2t_taps/", "fill_probe/", "split_heads/"):
+        assert any(n.startswith(prefix) for n in names), prefix
 
 
 def test_without_the_option_the_graph_is_the_plain_one(compiled):
