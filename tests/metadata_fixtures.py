@@ -33,3 +33,19 @@ def newer_schema(src: str | Path, dst: str | Path) -> Path:
 
 def missing_key(src: str | Path, dst: str | Path, key: str = "subtune.outputs") -> Path:
     return rewrite_metadata(src, dst, drop=(key,))
+
+
+def with_subtune_metadata(model, outputs: list[str], input_size=(8, 8)):
+    """A hand-built ONNX ModelProto given the metadata of a compiled graph with these outputs (no
+    tasks' details beyond their names), so readers take it as a subtune graph."""
+    from subtune.graph_metadata import encode
+
+    tasks = [{"name": n, "blocks": [1, 1], "siamese": False, "num_classes": 1, "kind": "delta", "classes": None}
+             for n in outputs[1:]]
+    meta = encode({"subtune.version": "test", "subtune.arch": "test:hand_built", "subtune.base_fingerprint": "0" * 64,
+                   "subtune.input_size": list(input_size), "subtune.outputs": list(outputs),
+                   "subtune.verified": False, "subtune.tasks": tasks}, complete=True)
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model

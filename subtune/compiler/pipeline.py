@@ -246,8 +246,8 @@ def _metadata(plan: Plan, options: CompileOptions) -> dict[str, object]:
     if pruned:
         meta["subtune.pruning"] = pruned
     if options.task_select:
-        meta["subtune.task_select"] = {"input": MASK_INPUT, "dtype": "bool", "columns": [t.name for t in plan.tasks],
-                                       "fill": "NaN"}  # lower.FILL
+        meta["subtune.task_select"] = plan.report["task_select"] = {
+            "input": MASK_INPUT, "dtype": "bool", "columns": [t.name for t in plan.tasks], "fill": "NaN"}  # lower.FILL
     return graph_metadata.encode(meta, complete=True)
 
 

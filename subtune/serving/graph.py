@@ -94,6 +94,10 @@ def read_graph(path: str | Path) -> GraphInfo:
     except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
         raise SubtuneError(f"{onnx_path}: not a readable ONNX file ({type(e).__name__}); "
                            "compile it again with subtune-compile") from e
+    if onnx_path != path:  # an engine and the ONNX beside it must be one compile's pair
+        from subtune.runtimes.tensorrt import check_engine_pair
+
+        check_engine_pair(path, model, onnx_path)
     initializers = {i.name for i in model.graph.initializer}
     inputs = [_tensor(v, onnx_path) for v in model.graph.input if v.name not in initializers]
     outputs = [_tensor(v, onnx_path) for v in model.graph.output]

@@ -26,7 +26,7 @@ def model(tmp_path):
 
 def test_model_mode_prints_a_table_and_writes_json(model, tmp_path, capsys):
     out = tmp_path / "result.json"
-    assert main(["bench", str(model), "--batch", "1,3", "--threads", "1", "--json", str(out), *QUICK]) == 0
+    assert main(["bench", str(model), "--batch", "1,3", "--intra-op-threads", "1", "--json", str(out), *QUICK]) == 0
     table = capsys.readouterr().out
     assert "median ms" in table and "images/s" in table
     data = json.loads(out.read_text())
@@ -100,7 +100,7 @@ def test_compare_through_onnxruntime_end_to_end(tmp_path, tiny_base, tiny_tasks)
         import sys
         from subtune.cli import main
         sys.exit(main(["bench", "--compare", "b.pt", "t1.pt", "--batch", "1,2",
-                       "--threads", "1", "--json", {str(out)!r}, "--plot", {str(png)!r},
+                       "--intra-op-threads", "1", "--json", {str(out)!r}, "--plot", {str(png)!r},
                        "--warmup", "1", "--iters", "3", "--repeats", "2"]))
     """)
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)

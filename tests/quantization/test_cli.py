@@ -9,7 +9,7 @@ from subtune.commands.compile import _print_precision
 
 @pytest.mark.parametrize("flags, message", [
     (["--precision", "int8"], "--precision int8 needs --calibration DATA"),
-    (["--calibration", "fashion-mnist"], "--calibration applies to --precision int8 or fp16"),
+    (["--calibration", "fashion-mnist"], "--calibration does nothing for the default fp32 graph: only with --precision int8 or fp16"),
     (["--precision", "int8", "--calibration", "fashion-mnist", "--calibration-size", "0"], "--calibration-size 0"),
     (["--precision", "int8", "--calibration", "fashion-mnist", "--min-agreement", "95"], "fractions between 0 and 1"),
     (["--precision", "int8", "--calibration", "nosuch:/data"], "expected fashion-mnist, imagefolder:DIR"),

@@ -277,6 +277,9 @@ def test_serve_command_prints_endpoints_and_stops_on_sigterm(serve_env, tiny_gra
         text = "".join(lines)
         assert "tritonserver ready" in text, text + proc.stderr.read() if proc.poll() is not None else text
         assert f"http://127.0.0.1:{ports[0]}/v2" in text and f"127.0.0.1:{ports[1]}" in text
+        # explicit model control by default: the temporary repository is named, with how to roll out into it
+        repository = text.split("  repository  ")[1].split()[0]
+        assert f"subtune rollout {repository} NEW.onnx --url 127.0.0.1:{ports[0]}" in text
         server_pid = int(text.split("(pid ")[1].split(")")[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/models/tiny/ready", timeout=5) as r:
             assert r.status == 200
