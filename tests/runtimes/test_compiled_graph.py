@@ -121,3 +121,15 @@ def test_zero_row_branches_run_on_the_cuda_provider(graphs, batch):
                 keep = ~np.isnan(want[name])
                 scale = max(float(np.abs(want[name][keep]).max(initial=0.0)), 1e-12)
                 assert np.abs(got[name][keep] - want[name][keep]).max(initial=0.0) <= 1e-2 * scale, (tasks, name)
+
+
+def test_timing_a_task_select_graph_asks_for_every_task(graphs):
+    """`subtune-bench MODEL.onnx` on a --task-select graph: the mask input is fed all true."""
+    from subtune.benchmarking.latency import random_feeds
+    from subtune.runtimes.onnxruntime import OnnxrtRunner, SessionFromOnnx
+
+    path, _ = graphs
+    with OnnxrtRunner(SessionFromOnnx(path, threads=1)) as runner:
+        feeds = random_feeds(runner, 3)
+        assert feeds["tasks"].dtype == bool and feeds["tasks"].shape == (3, 2) and feeds["tasks"].all()
+        assert not any(np.isnan(v).any() for v in runner.infer(feeds).values())
