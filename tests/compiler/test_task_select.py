@@ -138,3 +138,12 @@ def test_task_select_needs_tasks_and_a_free_input_name():
     with pytest.raises(SubtuneError, match="a task is named 'tasks'"):
         compile_plan(Plan(base, [clash], input_size=SIZE), CompileOptions(task_select=True, verify=False),
                      until="validate")
+
+
+def test_an_engine_output_is_refused_before_any_work(tmp_path):
+    import subtune
+
+    base = make_base("subtune:tiny_resnet", {}, seed=0)
+    with pytest.raises(SubtuneError, match="task selection is built for ONNX Runtime for now, not TensorRT engines"):
+        subtune.compile(base, [synthetic_task(base, "a", [2], seed=1)], tmp_path / "e.plan", task_select=True)
+    assert list(tmp_path.iterdir()) == []
