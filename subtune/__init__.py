@@ -7,7 +7,8 @@
 The API (subtune/api/: compile, train, profile, prune, prune_sweep, select, benchmark,
 benchmark_compare, benchmark_profile, triton_repo, rollout, their result classes and the option objects
 train and profile take: SubTuning, Head2Toe, LoRA, Linear, Full, DataOptions, TrainingOptions,
-RayOptions) is imported on
+RayOptions; load_graph, which runs a compiled
+graph) is imported on
 first use, and heavy libraries (torch, onnx, onnxruntime, tensorrt) where they are used, so
 `import subtune` and argument parsing stay cheap. Library code logs on the "subtune" logger
 and never prints.
@@ -21,7 +22,7 @@ _API = {
     "compile", "CompileResult", "train", "TrainResult", "profile", "ProfileResult", "ProfileInterrupted",
     "prune", "PruneResult", "prune_sweep", "SweepResult",
     "select", "SelectResult", "benchmark", "benchmark_compare", "benchmark_profile", "BenchResult",
-    "triton_repo", "Repository", "rollout", "RolloutResult",
+    "triton_repo", "Repository", "rollout", "RolloutResult", "load_graph",
     "SubTuning", "Head2Toe", "LoRA", "Linear", "Full", "DataOptions", "TrainingOptions", "RayOptions",
 }
 

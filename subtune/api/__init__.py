@@ -18,6 +18,7 @@ The command line parses arguments, calls one of these and prints.
     benchmark_profile(base, profile, ...)        -> BenchResult     `subtune-bench --profile`
     triton_repo(graph, output, ...)              -> Repository      `subtune triton-repo`
     rollout(repository, new_graph, ...)          -> RolloutResult   `subtune rollout`
+    load_graph(path, provider=..., threads=...)  -> CompiledGraphRunner  run a compiled graph from Python
 
 `train` and `profile` take typed option objects (subtune.training.options, also here): the
 method, SubTuning(blocks, ...), Head2Toe(...), LoRA(...), Linear() or Full(), each taking only its
@@ -49,6 +50,7 @@ WHERE = {
     "rollout": "_rollout", "RolloutResult": "_rollout",
     **{name: "_options" for name in ("SubTuning", "Head2Toe", "LoRA", "Linear", "Full", "DataOptions",
                                      "TrainingOptions", "RayOptions")},
+    "load_graph": "_run",
 }
 
 __all__ = sorted(WHERE)

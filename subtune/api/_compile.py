@@ -72,7 +72,8 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
             prune: "float | PruneOptions | None" = None, precision: "PrecisionOptions | None" = None,
             check_tensorrt: bool = True, external_data: bool | None = None,
             batch_range: tuple[int, int, int] | None = None, engine_tolerance: float | None = None,
-            progress: bool = False, keep_plan: bool = False) -> CompileResult:
+            task_select: bool = False, progress: bool = False,
+            keep_plan: bool = False) -> CompileResult:
     """Compile a base and task deltas into one multi-task graph at `output`.
 
     base, tasks: file paths or objects from `subtune.formats` (load_base/make_base,
@@ -90,6 +91,10 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
     prune, precision: see `subtune prune` / `--precision` (PruneOptions, PrecisionOptions);
         a float prune is the fraction of channels to remove.
     check_tensorrt: the static TensorRT-compatibility check, after verification.
+    task_select: give the graph a second input `tasks` (bool [batch, k], one column per task in
+        output order) so that each image computes the base plus only the tasks it asks for; a
+        task's output is NaN in the rows that did not ask for it (docs/task-selection.md; run it
+        with subtune.load_graph). ONNX output only for now.
     batch_range: (MIN, OPT, MAX) batch of the TensorRT engine's profile (default (1, 8, 32));
         engine outputs only: an .onnx graph takes any batch, so it is refused there.
     keep_plan: keep the compiler's state in `result.plan` (the onnx-ir graph, the models; it can
@@ -111,6 +116,9 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
     engine = out.suffix in ENGINE_SUFFIXES
     if out.suffix != ".onnx" and not engine:
         raise SubtuneError(f"output {out}: expected a .onnx file, or .plan/.engine for TensorRT")
+    if task_select and engine:
+        raise SubtuneError(f"task selection is built for ONNX Runtime for now, not TensorRT engines ({out}): "
+                           "write -o model.onnx")
     onnx_path = out.with_suffix(".onnx") if engine else out
     report_path = None if report is False else out.with_suffix(".report.json") if report is True else Path(report)
     written = [out, onnx_path, external_data_path(onnx_path)] if engine else [out, external_data_path(out)]
@@ -143,7 +151,7 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
     task_list = [_load_task(t, mmap=True) for t in tasks]
     plan = Plan(base_model, task_list, input_size=size, scratch_dir=str(onnx_path.parent))
     options = CompileOptions(verify=verify, verify_batches=batches, tolerance=tolerance, prune=prune_options,
-                             precision=precision, check_tensorrt=check_tensorrt)
+                             precision=precision, check_tensorrt=check_tensorrt, task_select=bool(task_select))
     try:
         _run_pipeline(plan, options, progress, len(task_list))
     except VerificationError as e:

@@ -63,6 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-fallback", type=int, metavar="K",
                    help="int8: keep at most K layers in fp32 to meet the targets (default: half of the quantised "
                         "layers; 0: plain int8)")
+    p.add_argument("--task-select", action="store_true",
+                   help="give the graph a second input `tasks` (bool [batch, k], one column per task in output order): "
+                        "each image computes the base plus only the tasks it asks for; a task's output is NaN in the "
+                        "rows that did not ask (docs/task-selection.md); .onnx output only")
     p.add_argument("--allow-slower", action="store_true",
                    help="int8 for ONNX Runtime CPU: keep the graph even when the compile's quick latency check finds "
                         "it slower than fp32 on this host (refused by default)")
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                    tolerance=args.tolerance, image_size=image_size(args.image_size),
                    report=args.report if args.report else True, prune=_prune_options(args),
                    precision=_precision_options(args), check_tensorrt=not args.no_tensorrt_check,
-                   batch_range=batch_range, progress=True)
+                   batch_range=batch_range, task_select=args.task_select, progress=True)
     try:
         result = compile_model(args.base, args.tasks, out, **options)
     except VerificationError as e:
@@ -106,7 +110,7 @@ def _print_summary(result) -> None:
     report, out, (h, w) = result.report, result.output, result.input_size
     what = "TensorRT engine, " if out.suffix in ENGINE_SUFFIXES else ""
     print(f"wrote {out} ({what}{result.bytes / 1e6:.1f} MB): outputs {', '.join(result.outputs)}; "
-          f"input images[batch, 3, {h}, {w}]")
+          f"input images[batch, 3, {h}, {w}]" + _mask_input(report.get("task_select")))
     for f in result.files[1:]:
         if f != result.report_path:
             print(f"  beside it: {f}, {f.stat().st_size / 1e6:.1f} MB: {_file_role(f, out)}")
@@ -130,13 +134,26 @@ def _print_summary(result) -> None:
         print(f"report: {result.report_path}")
 
 
+def _mask_input(task_select: dict | None) -> str:
+    if not task_select:
+        return ""
+    return (f" and {task_select['input']}[batch, {len(task_select['columns'])}] ({task_select['dtype']}: which tasks "
+            f"each image asks for; a task's output is {task_select['fill']} where its column is false)")
+
+
 def _print_verification(ver: dict) -> None:
     print(f"verification (ONNX Runtime CPU vs PyTorch eager, tolerance {ver['tolerance']:.0e} relative):")
-    print(f"  {'output':<20} {'batch':>5} {'max abs err':>12} {'relative':>10}  reference")
+    masks = "task_select" in ver
+    mask_head = f" {'mask':<18} {'rows':>4}" if masks else ""
+    print(f"  {'output':<20} {'batch':>5}{mask_head} {'max abs err':>12} {'relative':>10}  reference")
     for c in ver["checks"]:
         flag = "" if c.get("passed", True) else "  FAILED"
-        print(f"  {c['output']:<20} {c['batch']:>5} {c['max_abs_error']:>12.3e} {c['relative_error']:>10.2e}  "
+        mask = f" {c.get('mask', ''):<18} {c.get('rows', ''):>4}" if masks else ""
+        print(f"  {c['output']:<20} {c['batch']:>5}{mask} {c['max_abs_error']:>12.3e} {c['relative_error']:>10.2e}  "
               f"{c['reference']}{flag}")
+    if masks and ver.get("passed"):
+        print(f"  under every mask ({', '.join(ver['task_select']['masks'])}): the base bit for bit the same, "
+              "NaN exactly where a task was not asked for")
 
 
 def _file_role(path: Path, out: Path) -> str:

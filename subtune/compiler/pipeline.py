@@ -3,12 +3,15 @@
     validate   the files fit together (fingerprints, block ranges, shapes, names)
     prune      (--prune only) remove channels inside each task's tuned blocks (subtune/pruning)
     schedule   fork / block / merge / split order for the task ranges
-    lower      one PyTorch module running that schedule
+    lower      one PyTorch module running that schedule (--task-select: each task on the rows
+               that ask for it, lower.py's TaskSelectModel)
     export     torch.export -> ONNX (onnx-ir), dynamic batch
-    clean up   ONNX passes: readable stream-node names, the batch dimension named `batch`,
+    clean up   ONNX passes: stream roles, (--task-select) the row indices computed from the
+               `tasks` mask, readable stream-node names, the batch dimension named `batch`,
                no exporter debris, metadata
-    verify     ONNX Runtime vs PyTorch eager at batch 1 and another batch size (a graph over
-               2 GiB is verified from a temporary file with external data)
+    verify     ONNX Runtime vs PyTorch eager at the verification batch sizes (default 1 and 5;
+               --task-select: under several masks each); a graph over 2 GiB is verified from a
+               temporary file with external data
     check      TensorRT parser compatibility (static, runs everywhere; after verification, so
                a CPU-only user sees their graph verified first; --no-tensorrt-check skips it)
   with --precision fp16/int8 (subtune/quantization):
@@ -35,16 +38,18 @@ import onnx_ir as ir
 import torch
 
 from subtune.compiler.export import export_onnx, needs_external_data, onnx_bytes, weight_bytes, weights_on_disk
-from subtune.compiler.lower import MultiTaskModel
+from subtune.compiler.lower import MultiTaskModel, TaskSelectModel
 from subtune.compiler.memory import peak_rss_mib, return_freed_memory
 from subtune.compiler.plan import Plan
 from subtune.compiler.schedule import Fork, schedule_streams
-from subtune.compiler.verify import checks_to_json, verify
+from subtune.compiler.verify import MASKS, checks_to_json, verify
 from subtune.delta import check_preprocess, validate_task
 from subtune import graph_metadata
 from subtune.errors import SubtuneError, VerificationError
 from subtune.passes import (AttachMetadataPass, CheckTensorRTCompatPass, NameBatchDimPass, NameStreamNodesPass,
-                            RecordStreamRolesPass, StripExportMetadataPass)
+                            RecordStreamRolesPass, StripExportMetadataPass, TaskRowsFromMaskPass)
+from subtune.passes.record_stream_roles import rows_role
+from subtune.passes.task_rows_from_mask import MASK_INPUT
 from subtune.version import __version__
 
 if TYPE_CHECKING:
@@ -62,6 +67,9 @@ class CompileOptions:
     on_step: object = field(default=None)  # callable(step_name) for progress display
     prune: "PruneOptions | None" = None  # prune the channels inside every task's tuned blocks
     precision: "PrecisionOptions | None" = None  # fp16/int8 after the fp32 graph verifies; None: fp32 only
+    # A second input `tasks` ([batch, k] bool): each image computes the base plus only the tasks it asks
+    # for; a task's output is NaN in the rows that did not ask for it (lower.py, TaskSelectModel)
+    task_select: bool = False
     # Fold the task blocks' BatchNorms into their convolutions while lowering (compiler/fold.py): the
     # graph is the same (the ONNX optimizer folds what is left), and each task's weights are in
     # memory once. False keeps the lowered module as the tasks define it (the torch benchmarks).
@@ -146,6 +154,12 @@ def validate(plan: Plan, options: CompileOptions) -> None:
             raise SubtuneError(f"two tasks are named {task.name!r} ({seen[task.name]} and {task.path}): "
                                "output names must be unique; rename one")
         seen[task.name] = task.path or task.name
+    if options.task_select:
+        if MASK_INPUT in seen:
+            raise SubtuneError(f"a task is named {MASK_INPUT!r}, the name of a --task-select graph's mask input: "
+                               "rename the task")
+        if not plan.tasks:
+            raise SubtuneError("--task-select needs at least one task: a graph of the base alone has nothing to select")
     plan.input_size = plan.input_size or _input_size(plan)
 
 
@@ -184,24 +198,30 @@ def schedule(plan: Plan, options: CompileOptions) -> None:
 def lower(plan: Plan, options: CompileOptions) -> None:
     base_model, backbone = plan.base.build()  # a fresh copy: the module owns it
     plan.backbone = backbone
-    plan.module = MultiTaskModel(base_model, backbone, plan.tasks, plan.schedule,
-                                 fold_batch_norm=options.fold_batch_norm).eval()
+    lowering = TaskSelectModel if options.task_select else MultiTaskModel
+    plan.module = lowering(base_model, backbone, plan.tasks, plan.schedule,
+                           fold_batch_norm=options.fold_batch_norm).eval()
 
 
 def export(plan: Plan, options: CompileOptions) -> None:
     example = torch.randn(plan.export_batch, 3, *plan.input_size, generator=torch.Generator().manual_seed(0))
-    plan.onnx = export_onnx(plan.module, example, plan.output_names)
+    plan.onnx = export_onnx(plan.module, example, plan.output_names,
+                            index_inputs=getattr(plan.module, "index_inputs", ()))
 
 
 def clean_up(plan: Plan, options: CompileOptions) -> None:
     forks = {s.task: f"fork_{plan.tasks[s.task].name}_before_block{s.block}"
              for s in plan.schedule.steps if isinstance(s, Fork)}
+    index_inputs = list(getattr(plan.module, "index_inputs", ()))
+    names = [t.name for t in plan.tasks] if index_inputs else []
     passes = ir.passes.Sequential(
-        RecordStreamRolesPass(plan.module.stream_roles()),  # what quantisation reads; needs the exporter's scopes
+        # what quantisation reads; needs the exporter's scopes
+        RecordStreamRolesPass(plan.module.stream_roles(), plan.module.input_roles()),
+        TaskRowsFromMaskPass(index_inputs, names, [rows_role(n) for n in names]),  # no-op without --task-select
         NameStreamNodesPass(forks),
         NameBatchDimPass(),
         StripExportMetadataPass(),
-        AttachMetadataPass(_metadata(plan)),
+        AttachMetadataPass(_metadata(plan, options)),
     )
     plan.onnx = passes(plan.onnx).model
     if needs_external_data(plan.onnx):
@@ -212,9 +232,8 @@ def clean_up(plan: Plan, options: CompileOptions) -> None:
                                "compile fewer tasks per graph, or in fp32")
 
 
-def _metadata(plan: Plan) -> dict[str, object]:
+def _metadata(plan: Plan, options: CompileOptions) -> dict[str, object]:
     meta: dict[str, object] = {
-        "subtune.schema": graph_metadata.schema_version(),
         "subtune.version": __version__,
         "subtune.arch": plan.base.arch,
         "subtune.base_fingerprint": plan.base.fingerprint,
@@ -232,6 +251,9 @@ def _metadata(plan: Plan) -> dict[str, object]:
               if isinstance(t.meta.get("pruned"), dict)}
     if pruned:
         meta["subtune.pruning"] = pruned
+    if options.task_select:
+        meta["subtune.task_select"] = plan.report["task_select"] = {
+            "input": MASK_INPUT, "dtype": "bool", "columns": [t.name for t in plan.tasks], "fill": "NaN"}  # lower.FILL
     return graph_metadata.encode(meta, complete=True)
 
 
@@ -251,7 +273,13 @@ def verify_plan(plan: Plan, options: CompileOptions) -> None:
     batches = tuple(options.verify_batches)
     if all(b == plan.export_batch for b in batches):
         raise SubtuneError(f"verify at a batch size other than the export's ({plan.export_batch})")
-    record = {"tolerance": options.tolerance, "batches": list(batches)}
+    record: dict[str, object] = {"tolerance": options.tolerance, "batches": list(batches)}
+    if options.task_select:
+        record["task_select"] = {
+            "masks": list(MASKS),
+            "checked": ["each selected (image, task) output against the task alone, within the tolerance",
+                        "the base against the base alone, within the tolerance, and bit for bit the same under every mask",
+                        "NaN in a task's output exactly where its column of the mask is false"]}
     try:
         # ONNX Runtime loads the graph from a file while plan.onnx's weights wait on disk, and the lowered
         # module, whose tensors the exported graph shared, gives its weights up (it keeps its structure, on
@@ -260,7 +288,8 @@ def verify_plan(plan: Plan, options: CompileOptions) -> None:
             plan.module = plan.module.to("meta") if plan.module is not None else None
             return_freed_memory()
             checks = verify(path, base_model, backbone, plan.tasks, plan.output_names, input_size=plan.input_size,
-                            batches=batches, tolerance=options.tolerance, seed=options.seed)
+                            batches=batches, tolerance=options.tolerance, seed=options.seed,
+                            task_select=options.task_select)
     except VerificationError as e:  # the report keeps the failing table
         plan.report["verification"] = {**record, "passed": False, "error": str(e),
                                        "checks": checks_to_json(getattr(e, "checks", []), options.tolerance)}
@@ -280,6 +309,7 @@ def record_verification(plan: Plan, options: CompileOptions) -> None:
             # no measured errors here: they vary in the last bits across CPUs, and the same inputs
             # must compile to the same bytes anywhere (the report has them)
             "tolerance": ver["tolerance"], "batches": ver["batches"], "measure": "max |error| / max |reference|",
+            **({"masks": ver["task_select"]["masks"]} if "task_select" in ver else {}),
             **({"precision": precision["precision"], "precision_checked": "verification" in precision}
                if precision else {})}
     plan.onnx = AttachMetadataPass(graph_metadata.encode(meta))(plan.onnx).model

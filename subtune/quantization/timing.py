@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from subtune.machine import cpu_flags
-from subtune.runtimes.onnxruntime import session_from_bytes
+from subtune.runtimes.onnxruntime import every_task_feeds, session_from_bytes
 
 BATCHES = (1, 8)
 ROUNDS, RUNS = 5, 3
@@ -30,14 +30,15 @@ def latency_ratios(fp32: bytes, reduced: bytes, images: np.ndarray, *, emulate_q
            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     for batch in batches:
         x = np.resize(images, (batch, *images.shape[1:])).astype(np.float32)
+        feeds = {k: every_task_feeds(s, x) for k, s in sessions.items()}  # --task-select graphs: every task asked
         times = {k: [] for k in sessions}
-        for s in sessions.values():  # warm-up
-            s.run(None, {"images": x})
+        for name, s in sessions.items():  # warm-up
+            s.run(None, feeds[name])
         for _ in range(rounds):
             for name, s in sessions.items():
                 start = time.perf_counter()
                 for _ in range(runs):
-                    s.run(None, {"images": x})
+                    s.run(None, feeds[name])
                 times[name].append((time.perf_counter() - start) / runs * 1e3)
         f, r = statistics.median(times["fp32"]), statistics.median(times["reduced"])
         out[f"batch_{batch}"] = {"fp32_ms": round(f, 3), "reduced_ms": round(r, 3), "ratio": round(r / f, 3)}

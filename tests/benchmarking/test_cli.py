@@ -106,10 +106,14 @@ def test_compare_through_onnxruntime_end_to_end(tmp_path, tiny_base, tiny_tasks)
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "(d) compiled multi-task graph" in done.stdout and "cost model" in done.stdout
+    assert "task selection: the task-select graph (e) per request mix" in done.stdout
     data = json.loads(out.read_text())
     assert data["runtime"]["runtime"] == "onnxruntime" and data["runtime"]["intra_op_threads"] == "shared pool of 1"
     rows = {(r["key"], r["batch"]): r for r in data["rows"]}
-    assert set(rows) == {(k, b) for k in ("base", "naive/k=1", "split/k=1", "compiled/k=1") for b in (1, 2)}
+    selected = [f"selected/k=1/{mix}" for mix in ("all", "one-random", "one-fixed", "none")]
+    assert set(rows) == {(k, b) for k in ("base", "naive/k=1", "split/k=1", "compiled/k=1", *selected) for b in (1, 2)}
+    assert {rows[k, 1]["mix"] for k in selected} == {"all", "one-random", "one-fixed", "none"}
+    assert set(data["agreement"]) >= set(selected)  # checked against the plainest deployment, NaN fills included
     # bytes of weights as exported (BatchNorm folded into the convolutions by the exporter)
     base_bytes = rows["base", 1]["weight_bytes"]
     assert rows["naive/k=1", 1]["weight_bytes"] == pytest.approx(2 * base_bytes, rel=0.02)
