@@ -14,9 +14,9 @@ runs in a fresh process too: the base graph (compiled the same way with no task)
 graph in ONNX Runtime (CPU, the usable cores), timed interleaved so drift hits both alike.
 "per added task" is (peak(k) - peak(1)) / (k - 1), beside a task's own weights.
 
-One task per image: where `subtune-compile` has `--task-select` (issue 20), each k is also
-compiled with it and timed with a `tasks` mask selecting one task per image (task i % k for image
-i); where it has not, the column is left out.
+One task per image: where `subtune-compile` has `--task-select` (issue 20), each k of
+--task-select-counts is also compiled with it and timed with a `tasks` mask selecting one task per
+image (task i % k for image i); where it has not, the column is left out.
 
 Writes OUT/many_tasks.json (every measurement, the machine, the load average), many_tasks.md
 (the table) and many_tasks.png; graphs and task files go to --workdir (about 7 GB for the full
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-latency", action="store_true", help="compile rows only")
     p.add_argument("--task-select", choices=("auto", "off"), default="auto",
                    help="auto: the one-task-per-image column where subtune-compile has --task-select (issue 20)")
+    p.add_argument("--task-select-counts", default="1,4,16,32",
+                   help="the k that get that column (default 1,4,16,32: a task-select graph is a second compile "
+                        "per row, verified under four masks with ONNX Runtime's NCHWc copies of the weights)")
     p.add_argument("--max-rss-gb", type=float, default=9.0, help="kill a compile whose memory passes this (default 9)")
     p.add_argument("--workdir", help="base, task and graph files (default OUT/work)")
     p.add_argument("--keep-graphs", action="store_true")
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                    "task_weight_bytes": files["task_bytes"], "flop_share": 1 + k * flops,
                    **_compile(files, k, work / f"{arch}_k{k}.onnx", args, [])}
             graphs = {"base": str(base_graph), "graph": row["graph"]}
-            if select:
+            if select and k in {int(c) for c in args.task_select_counts.split(",")}:
                 ts = _compile(files, k, work / f"{arch}_k{k}_select.onnx", args, ["--task-select"])
                 row["task_select_compile"] = {key: ts[key] for key in ("wall_s", "peak_rss_mib", "graph_bytes")}
                 graphs["task_select"] = ts["graph"]
