@@ -94,8 +94,11 @@ class Comparison:
 
     def lines(self) -> list[str]:
         """The comparison as a reader wants it: one line per output."""
+        kinds_differ = bool(self.task_select) and self.task_select["served"] != self.task_select["new"]
         expect = ("bit-identical expected (the shared layers run the same batch layout)" if self.same_layout else
-                  f"within {self.tolerance:.0e} expected (the shared layers' batch layout changed)")
+                  f"within {self.tolerance:.0e} expected (" + ("one version gathers each task's rows, the other does not"
+                                                               if kinds_differ else
+                                                               "the shared layers' batch layout changed") + ")")
         out = [f"checked on {self.images} check images ({self.image_source}), batches "
                f"{' and '.join(map(str, self.batches))}: outputs in both versions {expect}"]
         width = max(len(o.name) for o in self.outputs)

@@ -102,11 +102,12 @@ class Repository:
     outputs: list[str]
     labels: dict[str, str] = field(default_factory=dict)  # output -> label file (relative to the graph's model folder)
     version: int = FIRST_VERSION  # the version the configuration serves
+    task_select: dict | None = None  # a --task-select graph's subtune.task_select (mask input, columns)
 
     def describe(self) -> dict:
         return {"repository": str(self.path), "models": self.models, "graph_model": self.graph_model,
                 "ensemble": self.ensemble, "backend": self.backend, "outputs": self.outputs, "labels": self.labels,
-                "version": self.version}
+                "version": self.version, "task_select": self.task_select}
 
 
 def _preferred_sizes(max_batch: int) -> list[int]:
@@ -291,7 +292,8 @@ def write_repository(graph_path: str | Path, out: str | Path, opts: RepoOptions 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Repository(out, models, opts.name, ensemble, opts.backend, [o.name for o in graph.outputs],
-                      {o["name"]: o["label_filename"] for o in cfg["output"] if "label_filename" in o}, FIRST_VERSION)
+                      {o["name"]: o["label_filename"] for o in cfg["output"] if "label_filename" in o}, FIRST_VERSION,
+                      graph.task_select)
 
 
 def _write_model(folder: Path, config: dict) -> None:

@@ -495,3 +495,32 @@ def test_rollout_from_a_task_select_repository(select_server, select_repo, tiny_
         assert back.serving == 1 and _close(ensemble_t1(), want["t1"]) <= RTOL
     finally:
         client.close()
+
+
+def test_dry_run_between_plain_and_task_select(tiny_graph, tiny_select_graph, tmp_path, capsys):
+    """Without a server: `subtune rollout --dry-run` from the plain graph to the task-select graph
+    prints the comparison and the change of task selection; with Triton's onnxruntime backend, which
+    feeds the graph what clients send, the same change is refused in one line (every client would
+    have to send the mask); neither writes a byte."""
+    from subtune.cli import main
+    from subtune.serving.repository import RepoOptions, write_repository
+
+    def hashes(folder):
+        return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    python_repo = write_repository(tiny_graph, tmp_path / "py", RepoOptions(name="m")).path
+    before = hashes(python_repo)
+    assert main(["rollout", str(python_repo), str(tiny_select_graph), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "m: version 1 (serving) -> version 2" in out and "  base  same      bit-identical" in out
+    assert "task selection: the new version chooses tasks per image (the served one computes every task)" in out
+    assert "its base bit-identical under the masks every task, none, one task per image" in out
+    assert hashes(python_repo) == before
+
+    ort_repo = write_repository(tiny_graph, tmp_path / "ort", RepoOptions(name="m", backend="onnxruntime")).path
+    before = hashes(ort_repo)
+    assert main(["rollout", str(ort_repo), str(tiny_select_graph), "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "takes a task mask (tasks)" in err and "onnxruntime backend feeds the graph what clients send" in err
+    assert hashes(ort_repo) == before
