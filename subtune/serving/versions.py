@@ -156,8 +156,8 @@ class GraphModel:
         config.version_policy.specific.versions.append(version)
         served_inputs = {i.name: i for i in config.input}
         del config.input[:]
-        for entry in graph_inputs(graph, self.backend):  # a task-select mask comes or goes with the graph
-            if entry["name"] in served_inputs:  # as served, hand edits included
+        for entry in graph_inputs(graph, self.backend):  # a task-select mask comes, goes or changes width
+            if entry["name"] == graph.image_input.name and entry["name"] in served_inputs:  # as served, hand edits included
                 config.input.add().CopyFrom(served_inputs[entry["name"]])
             else:
                 config.input.add().CopyFrom(json_format.ParseDict(_json_ready(entry), pb.ModelInput()))

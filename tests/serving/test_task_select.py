@@ -524,3 +524,59 @@ def test_dry_run_between_plain_and_task_select(tiny_graph, tiny_select_graph, tm
     assert "\n" not in err and "Traceback" not in err
     assert "takes a task mask (tasks)" in err and "onnxruntime backend feeds the graph what clients send" in err
     assert hashes(ort_repo) == before
+
+
+def test_configuration_for_a_version_with_another_number_of_tasks(tiny_select_graph, tmp_path):
+    """Rolling out a task-select graph with a task more: the configuration's `tasks` input takes the new
+    graph's width (the images input stays as served, hand edits included)."""
+    import dataclasses
+
+    from subtune.serving.graph import Tensor, read_graph
+    from subtune.serving.repository import RepoOptions, write_repository
+    from subtune.serving.versions import open_graph_model
+
+    repo = write_repository(tiny_select_graph, tmp_path / "r", RepoOptions(name="m")).path
+    config = repo / "m" / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "images"\n', 'name: "images"\n  reshape {\n    shape: 3\n'
+                                                 '    shape: 32\n    shape: 32\n  }\n'))  # a hand edit
+    served = read_graph(tiny_select_graph)
+    three = dataclasses.replace(
+        served, inputs=[served.inputs[0], Tensor("tasks", "BOOL", [3])],
+        outputs=[*served.outputs, Tensor("t3", "FP32", [10])],
+        metadata={**served.metadata, "subtune.task_select": {**served.task_select, "columns": ["t1", "t2", "t3"]}})
+    model = open_graph_model(repo)
+    cfg, _ = model.config_serving(2, three, [1, 2])
+    assert [(i.name, list(i.dims), i.optional) for i in cfg.input] == [("images", [3, 32, 32], False),
+                                                                       ("tasks", [3], True)]
+    assert cfg.input[0] == model.model.config.input[0] and list(cfg.input[0].reshape.shape) == [3, 32, 32]
+    assert [o.name for o in cfg.output] == ["base", "t1", "t2", "t3"]
+
+
+def test_a_task_select_graph_whose_base_follows_the_mask_is_refused(tiny_select_graph, tmp_path):
+    """The rollout's own check of a task-select graph: the compiled graph passes; the same graph with
+    its base shifted by the number of tasks asked for is refused in one line."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from subtune.errors import SubtuneError
+    from subtune.serving.compare import check_task_selection, run_graph
+    from subtune.serving.graph import read_graph
+
+    images = _images(4, seed=70)
+    good = read_graph(tiny_select_graph)
+    masks, worst = check_task_selection(good, "good", images, run_graph(good, images, [4])[0], 1e-4)
+    assert masks == ["every task", "none", "one task per image"] and worst <= 1e-4
+
+    model = onnx.load(str(tiny_select_graph))
+    producer = next(n for n in model.graph.node if "base" in n.output)
+    producer.output[list(producer.output).index("base")] = "base_before"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(1e-3, np.float32), "shift_per_task"))
+    model.graph.node.extend([helper.make_node("Cast", ["tasks"], ["tasks_float"], to=onnx.TensorProto.FLOAT),
+                             helper.make_node("ReduceSum", ["tasks_float"], ["tasks_asked"], keepdims=0),
+                             helper.make_node("Mul", ["tasks_asked", "shift_per_task"], ["shift"]),
+                             helper.make_node("Add", ["base_before", "shift"], ["base"])])
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    bad = read_graph(tmp_path / "bad.onnx")
+    with pytest.raises(SubtuneError, match="the base output of bad.onnx changes with the task mask") as info:
+        check_task_selection(bad, "bad.onnx", images, run_graph(bad, images, [4])[0], 1e-4)
+    assert "\n" not in str(info.value)
