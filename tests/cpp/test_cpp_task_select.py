@@ -56,6 +56,7 @@ def test_task_lists_match_python_onnxruntime(cpp_build, task_select_graph, selec
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["task_select"] is True and [t["name"] for t in meta["tasks"]] == TASKS
+    assert meta["schema"] == 2  # subtune.task_select exists since schema 2: such graphs are stamped 2
     names = [o.name for o in select_session.get_outputs()]
     assert names == ["base", *TASKS]
     base = None
