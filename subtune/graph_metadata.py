@@ -51,17 +51,23 @@ def required_keys() -> list[str]:
     return [k for k, spec in keys().items() if spec.get("required")]
 
 
+def lowest_version(values: Mapping[str, Any]) -> int:
+    """The lowest schema version that describes a graph holding these keys: the largest `since` of
+    them (1 when none says), so a graph that uses nothing new stays readable by older readers."""
+    return max([int(keys()[k].get("since", 1)) for k in values if k in keys()] + [1])
+
+
 # --------------------------------------------------------------------------- writing
 
 
 def encode(values: Mapping[str, Any], *, complete: bool = False) -> dict[str, str]:
     """The strings to store for `values` (strings as they are, anything else as canonical JSON),
     each checked against its definition. `complete`: `values` is the whole set, so every required
-    key must be there (the schema version is added when absent). Raises GraphMetadataError for a
+    key must be there (the schema version is added when absent: the lowest that describes them). Raises GraphMetadataError for a
     `subtune.*` key the definition lacks: a new key is declared in graph_metadata.schema.json first."""
     values = dict(values)
     if complete:
-        values.setdefault(version_key(), schema_version())
+        values.setdefault(version_key(), lowest_version(values))
         missing = [k for k in required_keys() if k not in values]
         if missing:
             raise GraphMetadataError(f"graph metadata lacks required key(s) {', '.join(missing)}")

@@ -45,7 +45,7 @@ def test_the_compiler_writes_exactly_the_definition(graph):
     assert written <= set(graph_metadata.keys()), written - set(graph_metadata.keys())
     assert set(graph_metadata.required_keys()) <= written
     meta = graph_metadata.decode(props, str(graph))
-    assert meta["subtune.schema"] == graph_metadata.schema_version()
+    assert meta["subtune.schema"] == 1  # it uses nothing newer: readers of schema 1 read it
     assert meta["subtune.outputs"] == ["base", "t1", "t2"] and meta["subtune.input_size"] == [32, 32]
     assert [t["name"] for t in meta["subtune.tasks"]] == ["t1", "t2"] and meta["subtune.verified"] is False
 
@@ -135,3 +135,25 @@ def test_inspect_describes_any_onnx_file(tmp_path):
     info = describe(str(tmp_path / "plain.onnx"))
     assert info["subtune_graph"] is False and info["outputs"] == ["y"]
     assert json.dumps(info)
+
+
+def test_a_graph_is_stamped_with_the_lowest_schema_that_describes_it(graph, tmp_path, monkeypatch):
+    """A task-select graph needs schema 2 (a reader that knows only 1 would run it without its
+    second input); a plain graph stays at 1. A reader of schema 1 refuses the first in one line."""
+    from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
+    from subtune.compiler.plan import Plan
+    from subtune.models import make_base
+    from subtune.synthetic import synthetic_task
+
+    base = make_base("subtune:tiny_resnet", seed=0)
+    plan = compile_plan(Plan(base, [synthetic_task(base, "t1", [3], seed=1)]),
+                        CompileOptions(verify=False, check_tensorrt=False, task_select=True))
+    path = tmp_path / "select.onnx"
+    path.write_bytes(serialize(plan))
+    assert graph_metadata.keys()["subtune.task_select"]["since"] == 2 <= graph_metadata.schema_version()
+    assert graph_metadata.decode(_props(path))["subtune.schema"] == 2
+    assert graph_metadata.decode(_props(graph))["subtune.schema"] == 1
+    monkeypatch.setattr(graph_metadata, "schema_version", lambda: 1)  # an older reader
+    graph_metadata.decode(_props(graph))
+    with pytest.raises(graph_metadata.GraphMetadataError, match="follows schema 2, this reader knows schema 1 at most"):
+        graph_metadata.decode(_props(path), str(path))

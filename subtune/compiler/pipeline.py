@@ -227,7 +227,6 @@ def clean_up(plan: Plan, options: CompileOptions) -> None:
 
 def _metadata(plan: Plan, options: CompileOptions) -> dict[str, object]:
     meta: dict[str, object] = {
-        "subtune.schema": graph_metadata.schema_version(),
         "subtune.version": __version__,
         "subtune.arch": plan.base.arch,
         "subtune.base_fingerprint": plan.base.fingerprint,
