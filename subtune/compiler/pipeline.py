@@ -23,15 +23,16 @@
   and last:
     record verification     `subtune.verified` (and what was checked) in the ONNX metadata
 
-Each step declares the Plan fields it reads and writes (`Step`); `compile_plan` runs them in
-order and refuses a step whose inputs no earlier step wrote, so a partial pipeline
-(`until=`) or a hand-filled Plan fails at the step that lacks something, by name.
+Each step declares the Plan fields it reads, writes and may read (`Step`); `compile_plan` runs
+them in order, refuses a step whose inputs no earlier step wrote (so a partial pipeline
+(`until=`) or a hand-filled Plan fails at the step that lacks something, by name), and shows each
+step only what it declares (StepView): a step that touches another field fails, naming it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Callable
 
 import onnx_ir as ir
@@ -79,20 +80,67 @@ class CompileOptions:
 @dataclass(frozen=True)
 class Step:
     """One step of the pipeline and its contract with the Plan: the fields it needs filled in
-    (`reads`) and the fields it fills in (`writes`; every step may add to `plan.report`)."""
+    (`reads`), the fields it fills in (`writes`), and the fields it may look at that can be unset
+    (`may_read`: settings the caller may leave None, results an earlier step may not have made).
+    Every step may add to `plan.report`. The step sees the Plan through a view that holds it to
+    this contract (StepView): touching any other field fails at once, naming the step and the field."""
 
     name: str
     run: Callable[[Plan, "CompileOptions"], None]
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
+    may_read: tuple[str, ...] = ()
+    may_write: tuple[str, ...] = ()  # written, possibly as None (int8's base-only graph; fp16 has none)
 
     def missing(self, plan: Plan) -> list[str]:
         return [f for f in self.reads if getattr(plan, f) is None]
 
+    @property
+    def visible(self) -> frozenset[str]:
+        return frozenset((*self.reads, *self.writes, *self.may_read, *self.may_write, "report"))
+
+
+class StepContractError(RuntimeError):
+    """A compile step touched a Plan field its declaration does not name: a bug in subtune."""
+
+
+_PLAN_FIELDS = frozenset(f.name for f in fields(Plan))
+
+
+class StepView:
+    """The Plan as one step sees it: the fields it declares (reads, writes, may_read, and the
+    report), nothing else. Properties of the Plan (output_names) are computed through the view, so
+    they count as reads of the fields they use."""
+
+    def __init__(self, plan: Plan, step: Step):
+        object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "_step", step)
+
+    def __getattr__(self, name: str):
+        step: Step = object.__getattribute__(self, "_step")
+        plan: Plan = object.__getattribute__(self, "_plan")
+        prop = getattr(type(plan), name, None)
+        if isinstance(prop, property):
+            return prop.fget(self)
+        if name in _PLAN_FIELDS and name not in step.visible:
+            raise StepContractError(f"internal error: compile step {step.name!r} read plan.{name}, which its "
+                                    f"declaration does not name (reads {list(step.reads)}, writes {list(step.writes)}, "
+                                    f"may_read {list(step.may_read)})")
+        return getattr(plan, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        step: Step = object.__getattribute__(self, "_step")
+        if name not in (*step.writes, *step.may_write):
+            raise StepContractError(f"internal error: compile step {step.name!r} wrote plan.{name}, which its "
+                                    f"declaration does not name (writes {list(step.writes)}, may_write "
+                                    f"{list(step.may_write)})")
+        setattr(object.__getattribute__(self, "_plan"), name, value)
+
 
 def compile_plan(plan: Plan, options: CompileOptions | None = None, until: str | None = None) -> Plan:
-    """Run the pipeline's steps on `plan`; with `until`, stop after the step of that name (e.g.
-    "lower" for the PyTorch module alone, as the benchmarks' torch runtime wants)."""
+    """Run the pipeline's steps on `plan`, each through a StepView that holds it to its declared
+    contract; with `until`, stop after the step of that name (e.g. "lower" for the PyTorch module
+    alone, as the benchmarks' torch runtime wants)."""
     options = options or CompileOptions()
     chosen = list(steps(options))
     if until is not None:
@@ -109,7 +157,7 @@ def compile_plan(plan: Plan, options: CompileOptions | None = None, until: str |
         if options.on_step:
             options.on_step(step.name)
         start = time.perf_counter()
-        step.run(plan, options)
+        step.run(StepView(plan, step), options)
         timings[step.name] = round(time.perf_counter() - start, 3)
         if (peak := peak_rss_mib()) is not None:
             plan.report.setdefault("peak_rss_mib", {})[step.name] = peak
@@ -120,25 +168,29 @@ def compile_plan(plan: Plan, options: CompileOptions | None = None, until: str |
 
 
 def steps(options: CompileOptions):
-    """The pipeline for these options, in order (Step: name, run(plan, options), reads, writes)."""
+    """The pipeline for these options, in order (Step: name, run(plan, options) and its contract)."""
     reduced = options.precision
     yield Step("validate", validate, ("base", "tasks"), ("backbone", "input_size"))
     if reduced:  # early, so a bad --calibration fails before the slow steps
-        yield Step("load calibration data", load_calibration, ("backbone", "tasks", "input_size"), ("calibration",))
+        yield Step("load calibration data", load_calibration, ("base", "backbone", "tasks", "input_size"),
+                   ("calibration",))
     if options.prune is not None:
         yield Step("prune", prune, ("base", "backbone", "tasks", "input_size"), ("tasks",))
     yield Step("schedule", schedule, ("tasks", "backbone"), ("schedule",))
     yield Step("lower", lower, ("base", "tasks", "schedule"), ("module", "backbone"))
-    yield Step("export", export, ("module", "input_size"), ("onnx",))
-    yield Step("clean up", clean_up, ("onnx", "module", "schedule", "tasks"), ("onnx",))
+    yield Step("export", export, ("module", "input_size", "tasks", "export_batch"), ("onnx",))
+    yield Step("clean up", clean_up, ("onnx", "module", "schedule", "tasks", "base", "input_size"), ("onnx",))
     if options.verify:
-        yield Step("verify", verify_plan, ("onnx", "base", "tasks", "input_size"))
+        yield Step("verify", verify_plan, ("onnx", "base", "tasks", "input_size", "export_batch", "module"),
+                   ("module",), may_read=("scratch_dir",))
     if options.check_tensorrt:
         yield Step("check TensorRT compatibility", check_tensorrt, ("onnx",))
     if reduced:
-        yield Step("quantize", quantize, ("onnx", "calibration", "tasks"), ("onnx", "fp32_onnx"))
+        yield Step("quantize", quantize, ("onnx", "calibration", "tasks"), ("onnx", "fp32_onnx"),
+                   may_write=("base_only_onnx",))
         if options.verify:
-            yield Step("verify precision", verify_precision, ("onnx", "fp32_onnx", "calibration", "tasks"))
+            yield Step("verify precision", verify_precision, ("onnx", "fp32_onnx", "calibration", "tasks"),
+                       may_read=("base_only_onnx",))
         if options.check_tensorrt and reduced.tensorrt_compatible:
             yield Step(f"check TensorRT compatibility ({reduced.precision})", check_tensorrt, ("onnx",))
     yield Step("record verification", record_verification, ("onnx",), ("onnx",))

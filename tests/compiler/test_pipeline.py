@@ -119,11 +119,47 @@ def test_every_step_reads_only_what_an_earlier_step_wrote(verify, prune, precisi
 
     options = CompileOptions(verify=verify, check_tensorrt=trt, prune=PruneOptions(0.5) if prune else None,
                              precision=PrecisionOptions(precision, "fashion-mnist") if precision else None)
-    filled = {"base", "tasks"}  # what a Plan is made with (input_size may be given too, or not)
+    filled = {"base", "tasks", "export_batch"}  # what a Plan is made with (input_size may be given too, or not)
     for step in steps(options):
         assert set(step.reads) <= filled, f"{step.name} reads {set(step.reads) - filled} before any step writes it"
         filled |= set(step.writes)
     assert "onnx" in filled
+
+
+def test_a_step_sees_only_what_it_declares():
+    """Each step runs on a StepView of the Plan: reading or writing a field its declaration does not
+    name fails at once, naming the step and the field (every pipeline shape runs through these
+    views in the other tests, so an incomplete declaration fails there)."""
+    from subtune.compiler.pipeline import Step, StepContractError, StepView
+
+    base = make_base("subtune:tiny_resnet", {}, seed=0)
+    plan = Plan(base, [synthetic_task(base, "t", [7])], input_size=(16, 16))
+    view = StepView(plan, Step("look", lambda p, o: None, reads=("tasks",), writes=("schedule",)))
+    assert view.output_names == ["base", "t"]  # a property of declared fields
+    view.schedule = "written"
+    view.report["note"] = 1
+    assert plan.schedule == "written" and plan.report["note"] == 1
+    with pytest.raises(StepContractError, match=r"compile step 'look' read plan\.base, which its declaration"):
+        view.base
+    with pytest.raises(StepContractError, match=r"compile step 'look' wrote plan\.onnx"):
+        view.onnx = None
+    with pytest.raises(StepContractError, match=r"compile step 'names' read plan\.tasks"):
+        StepView(plan, Step("names", lambda p, o: None, reads=("schedule",))).output_names
+
+
+def test_a_step_that_touches_an_undeclared_field_fails_the_compile(monkeypatch):
+    """The contract as the pipeline enforces it: a schedule step that also peeks at the base fails."""
+    from subtune.compiler import pipeline
+
+    def peeking_schedule(plan, options):
+        _ = plan.base.arch
+        original(plan, options)
+
+    original = pipeline.schedule
+    monkeypatch.setattr(pipeline, "schedule", peeking_schedule)
+    base = make_base("subtune:tiny_resnet", {}, seed=0)
+    with pytest.raises(pipeline.StepContractError, match=r"'schedule' read plan\.base"):
+        compile_plan(Plan(base, [synthetic_task(base, "t", [7])], input_size=(16, 16)), until="schedule")
 
 
 def test_a_step_whose_inputs_are_missing_is_refused_by_name():
