@@ -56,6 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-fallback", type=int, metavar="K",
                    help="int8: keep at most K layers in fp32 to meet the targets (default: half of the quantised "
                         "layers; 0: plain int8)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="int8: measure every layer's sensitivity (the report's table, model.sensitivity.png) even when "
+                        "plain int8 meets every target; without it, only when a fallback is searched (minutes for "
+                        "ResNet-50)")
     p.add_argument("--allow-slower", action="store_true",
                    help="int8 for ONNX Runtime CPU: keep the graph even when the compile's quick latency check finds "
                         "it slower than fp32 on this host (refused by default)")
@@ -159,6 +163,8 @@ def _prune_options(args: argparse.Namespace):
 def _precision_options(args: argparse.Namespace):
     from subtune.errors import SubtuneError
 
+    if args.sensitivity and args.precision != "int8":
+        raise SubtuneError("--sensitivity applies to --precision int8 (the INT8 layer-sensitivity table)")
     if args.precision == "fp32":
         if args.calibration:
             raise SubtuneError("--calibration applies to --precision int8 or fp16; the default fp32 graph needs none")
@@ -169,6 +175,7 @@ def _precision_options(args: argparse.Namespace):
     return PrecisionOptions(args.precision, args.calibration, args.calibration_size, args.calibration_method,
                             args.int8_target, args.min_agreement, args.max_accuracy_drop, check_size=args.check_size,
                             max_fallback=args.max_fallback, fallback=args.max_fallback != 0,
+                            sensitivity=args.sensitivity,
                             engine=out.suffix in (".plan", ".engine"), allow_slower=args.allow_slower,
                             sensitivity_plot=str(out.with_suffix(".sensitivity.png"))
                             if args.precision == "int8" else None).check()

@@ -13,9 +13,10 @@
                a CPU-only user sees their graph verified first; --no-tensorrt-check skips it)
   with --precision fp16/int8 (subtune/quantization):
     load calibration data   right after validate, so a bad --calibration fails before the slow steps
-    quantize   INT8 in QDQ form with the base's ranges pinned, or FP16
+    quantize   INT8 in QDQ form with the base's ranges pinned, or FP16; INT8 that misses a target on
+               held-out images gets layer sensitivity and fp32 fallback until each output meets it
     verify precision        the reduced graph vs the fp32 graph on held-out images (the data's test
-                            split), with layer sensitivity and fp32 fallback until each output meets its target
+                            split), reusing the runs quantize made on them
     check      TensorRT parser compatibility again, QDQ placement included
   and last:
     record verification     `subtune.verified` (and what was checked) in the ONNX metadata
