@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Callable
 import onnx_ir as ir
 import torch
 
-from subtune.compiler.export import export_onnx, needs_external_data, onnx_bytes, onnx_on_disk, weight_bytes
+from subtune.compiler.export import export_onnx, needs_external_data, onnx_bytes, onnx_on_disk
 from subtune.compiler.lower import MultiTaskModel
 from subtune.compiler.plan import Plan
 from subtune.compiler.schedule import Fork, schedule_streams
@@ -198,11 +198,7 @@ def clean_up(plan: Plan, options: CompileOptions) -> None:
     )
     plan.onnx = passes(plan.onnx).model
     if needs_external_data(plan.onnx):
-        plan.report["external_data"] = True
-        if options.precision is not None:  # quantisation serialises the graph in one message
-            raise SubtuneError(f"--precision {options.precision.precision} on a graph over 2 GiB "
-                               f"({weight_bytes(plan.onnx) / 2**30:.2f} GiB of fp32 weights) is not supported: "
-                               "compile fewer tasks per graph, or in fp32")
+        plan.report["external_data"] = True  # --precision: quantised from a file (subtune/quantization/files.py)
 
 
 def _metadata(plan: Plan) -> dict[str, object]:
@@ -291,10 +287,15 @@ def quantize(plan: Plan, options: CompileOptions) -> None:
 def verify_precision(plan: Plan, options: CompileOptions) -> None:
     from subtune.quantization import verify_reduced
 
-    base_only = ir.to_proto(plan.base_only_onnx).SerializeToString() if plan.base_only_onnx is not None else None
-    plan.report["precision"]["verification"] = verify_reduced(
-        ir.to_proto(plan.fp32_onnx).SerializeToString(), serialize(plan), base_only, plan.calibration,
-        plan.output_names, plan.tasks, options.precision)
+    with contextlib.ExitStack() as stack:
+        def loadable(graph: ir.Model | None):  # a graph over 2 GiB is checked from a temporary file
+            if graph is None:
+                return None
+            return stack.enter_context(onnx_on_disk(graph)) if needs_external_data(graph) else onnx_bytes(graph)
+
+        plan.report["precision"]["verification"] = verify_reduced(
+            loadable(plan.fp32_onnx), loadable(plan.onnx), loadable(plan.base_only_onnx), plan.calibration,
+            plan.output_names, plan.tasks, options.precision)
     if options.precision.sensitivity_plot and "mixed" in plan.report["precision"]:
         from subtune.quantization.plot import plot_sensitivity
 

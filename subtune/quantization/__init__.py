@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -207,9 +208,10 @@ def reduce_precision(model: ir.Model, options: PrecisionOptions, calibration: Ca
     return reduced
 
 
-def verify_reduced(fp32: bytes, reduced: bytes, base_only: bytes | None, calibration: CalibrationSet,
-                   output_names: list[str], tasks, options: PrecisionOptions) -> dict:
-    """Compare with fp32 on the held-out check images; raise VerificationError past a threshold."""
+def verify_reduced(fp32: bytes | Path, reduced: bytes | Path, base_only: bytes | Path | None,
+                   calibration: CalibrationSet, output_names: list[str], tasks, options: PrecisionOptions) -> dict:
+    """Compare with fp32 on the held-out check images; raise VerificationError past a threshold.
+    Graphs are serialized, or files (with external data beside them, for a graph over 2 GiB)."""
     from subtune.quantization.compare import agreement, check_base_pinned, check_outputs, check_thresholds, run_batches
 
     emulate = options.precision == "int8" and options.int8_target == "tensorrt"  # compare.py says why

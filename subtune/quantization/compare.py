@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -98,24 +99,46 @@ def labelled_outputs(tasks, data: CalibrationSet) -> set[str]:
             and (t.classes == data.classes if t.classes else t.num_classes == len(data.classes))}
 
 
-def run_batches(model: bytes, images: np.ndarray, output_names: list[str], *,
+def run_batches(model: bytes | Path, images: np.ndarray, output_names: list[str], *,
                 emulate_qdq: bool = False) -> list[np.ndarray]:
     session = make_session(model, config=dict([EMULATE_QDQ]) if emulate_qdq else None)
     parts = [session.run(output_names, {"images": images[i:i + EVAL_BATCH]}) for i in range(0, len(images), EVAL_BATCH)]
     return [np.concatenate([p[k] for p in parts]).astype(np.float32) for k in range(len(output_names))]
 
 
-def graph_digest(model: bytes) -> str:
-    """What a serialized graph computes, as a digest: the model without its metadata (which
-    changes no output: the compiler attaches it after quantising)."""
+def graph_digest(model: bytes | Path) -> str:
+    """What a graph computes, as a digest, however it is stored: its nodes and every weight's
+    bytes (inline, or in the external data files of a graph on disk, wherever they sit there),
+    without the model's metadata (which changes no output: the compiler attaches it after
+    quantising)."""
     import onnx
 
-    proto = onnx.ModelProto.FromString(model)
+    proto = onnx.load(model, load_external_data=False) if isinstance(model, Path) else onnx.ModelProto.FromString(model)
     del proto.metadata_props[:]
-    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+    digest = hashlib.sha256()
+    files: dict[str, object] = {}
+    try:
+        for tensor in proto.graph.initializer:
+            digest.update(tensor.name.encode() + b"\0")
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                where = {e.key: e.value for e in tensor.external_data}
+                f = files.get(where["location"]) or files.setdefault(where["location"],
+                                                                     open(model.parent / where["location"], "rb"))
+                f.seek(int(where.get("offset", 0)))
+                digest.update(f.read(int(where.get("length", -1))))
+                del tensor.external_data[:]
+                tensor.ClearField("data_location")
+            else:
+                digest.update(tensor.raw_data)
+            tensor.ClearField("raw_data")
+    finally:
+        for f in files.values():
+            f.close()
+    digest.update(proto.SerializeToString(deterministic=True))
+    return digest.hexdigest()
 
 
-def check_outputs(check: CheckSet, model: bytes, output_names: list[str], *,
+def check_outputs(check: CheckSet, model: bytes | Path, output_names: list[str], *,
                   emulate_qdq: bool = False) -> tuple[list[np.ndarray], bool]:
     """`run_batches` on all the check images, run once per graph and arithmetic: quantize (mixed.py)
     and verify precision judge the same fp32 graph, and the INT8 graph quantize settled on, on the

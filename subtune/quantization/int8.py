@@ -41,6 +41,7 @@ import onnx_ir as ir
 from subtune.quantization.base_stream import base_path, extract_base_stream, is_merge
 from subtune.quantization.calibration import (CalibrationSet, method_enum, quiet_onnxruntime_quantization,
                                               tensor_ranges)
+from subtune.quantization.files import load_into_memory, save, too_large
 
 QDQ_OPTIONS = {
     "WeightSymmetric": True,
@@ -127,11 +128,15 @@ def quantize_qdq(model: ir.Model, ranges: dict[str, tuple[float, float]], method
     with tempfile.TemporaryDirectory(prefix="subtune-int8-") as tmp, quiet_onnxruntime_quantization():
         cache, out = Path(tmp) / "ranges.json", Path(tmp) / "int8.onnx"
         save_tensors_data(data, cache)
-        quantize_static(ir.to_proto(model), out, None, quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=target.reduce_range, activation_type=getattr(QuantType, target.activation_type),
-                        weight_type=QuantType.QInt8, calibrate_method=method_id, calibration_cache_path=cache,
+        # from a file: quantize_static would otherwise copy the proto and write it out itself, and a graph over
+        # 2 GiB only goes this way (its weights as external data)
+        quantize_static(save(model, Path(tmp) / "fp32.onnx"), out, None, quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=target.reduce_range,
+                        activation_type=getattr(QuantType, target.activation_type), weight_type=QuantType.QInt8,
+                        calibrate_method=method_id, calibration_cache_path=cache,
+                        use_external_data_format=too_large(model),
                         extra_options={**QDQ_OPTIONS, "ActivationSymmetric": target.symmetric})
-        quantised = ir.load(out)
+        quantised = load_into_memory(out)
     quantised.graph.name = model.graph.name
     return quantised
 

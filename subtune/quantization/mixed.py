@@ -33,8 +33,8 @@ import onnx_ir as ir
 
 from subtune.quantization.base_stream import base_path
 from subtune.quantization.compare import OutputAgreement, agreement, check_outputs
-from subtune.quantization.fallback import (Unit, fall_back, float_weights,  # noqa: F401 (imported from here too)
-                                           quantised_units, serialize)
+from subtune.quantization.fallback import Unit, fall_back, float_weights, quantised_units
+from subtune.quantization.files import runnable, too_large, weight_bytes
 from subtune.quantization.sensitivity import (NotOneGraph, Sensitivity, sensitivity_one_graph,
                                               sensitivity_per_session)
 
@@ -108,14 +108,16 @@ def mixed_int8(fp32: ir.Model, quantised: ir.Model, base_only: ir.Model, check, 
     names = [v.name for v in fp32.graph.outputs]
     cost: dict = {}
     start = clock()
-    refs, _ = check_outputs(check, serialize(fp32), names)  # verify precision reuses these
+    with runnable(fp32) as source:
+        refs, _ = check_outputs(check, source, names)  # verify precision reuses these
     cost["fp32_reference_seconds"] = round(clock() - start, 3)
     evaluations = 0
 
     def evaluate(model: ir.Model) -> list[OutputAgreement]:
         nonlocal evaluations
         evaluations += 1
-        gots, _ = check_outputs(check, serialize(model), names, emulate_qdq=emulate)
+        with runnable(model) as source:
+            gots, _ = check_outputs(check, source, names, emulate_qdq=emulate)
         return agreement(refs, gots, names, check.labels)
 
     def passes(row: OutputAgreement) -> bool:
@@ -129,9 +131,13 @@ def mixed_int8(fp32: ir.Model, quantised: ir.Model, base_only: ir.Model, check, 
     report: dict = {"units": len(units), "check": check.to_json(),
                     "plain": {"failing": failing, "outputs": {r.output: _summary(r) for r in plain}}}
     search = bool(failing) and options.fallback
-    if not (search or options.sensitivity):
+    if search and too_large(fp32):
+        refuse_search_over_2gib(fp32, units, plain, failing, options)
+    if not search and (not options.sensitivity or too_large(fp32)):
         why = ("plain int8 meets every target on the check images" if not failing
                else "--max-fallback 0: no fallback searched")
+        if options.sensitivity:
+            why += "; not measured on a graph over 2 GiB (it would copy the whole graph per layer)"
         report["sensitivity"] = {"skipped": why}
         if options.fallback:
             report["fallback"] = _none_needed(units, options, report["plain"], evaluations)
@@ -180,6 +186,28 @@ def mixed_int8(fp32: ir.Model, quantised: ir.Model, base_only: ir.Model, check, 
     base_nodes = {n.name for n in base_only.graph} & chosen
     return (fall_back(quantised, weights, chosen, protected), fall_back(base_only, weights, base_nodes, protected),
             report)
+
+
+def refuse_search_over_2gib(fp32: ir.Model, units: list[Unit], plain: list[OutputAgreement], failing: list[str],
+                            options) -> None:
+    """Why a graph over 2 GiB gets plain INT8 or nothing: the search would run its one-unit graphs
+    (or sensitivity.py's one graph, which holds the fp32 graph and copies of it) and its candidate
+    graphs on the check images, each as large as the graph itself."""
+    from subtune.errors import VerificationError
+    from subtune.quantization.compare import check_thresholds
+
+    gib = weight_bytes(fp32) / 2**30
+    why = ""
+    try:
+        check_thresholds([r for r in plain if r.output in failing], "int8", **options.limits)
+    except VerificationError as e:
+        why = str(e).split("; keep more layers")[0]
+    raise VerificationError(
+        f"plain int8 misses its target ({why}), and the fallback search that would keep layers in fp32 is not run on "
+        f"a graph over 2 GiB ({gib:.2f} GiB of fp32 weights, {len(units)} quantised layers): measuring each layer's "
+        f"sensitivity runs about {len(units) // 2} copies of the whole graph on {options.sensitivity_images} images, "
+        "and each fallback step the whole graph on every check image (hours here, and several copies of the weights "
+        "in memory); compile fewer tasks per graph (the search then runs per graph), or use --precision fp16")
 
 
 def _none_needed(units: list[Unit], options, plain: dict, evaluations: int) -> dict:

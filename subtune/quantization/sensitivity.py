@@ -35,7 +35,8 @@ import onnx
 import onnx_ir as ir
 
 from subtune.quantization.compare import EMULATE_QDQ, EVAL_BATCH, compare_output, run_batches
-from subtune.quantization.fallback import QUANTISED_SUFFIX, Unit, dq_source, fall_back, serialize
+from subtune.quantization.fallback import QUANTISED_SUFFIX, Unit, dq_source, fall_back
+from subtune.quantization.files import EXTERNAL_DATA_THRESHOLD, runnable
 from subtune.runtimes.onnxruntime import make_session
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,8 @@ def sensitivity_per_session(quantised: ir.Model, weights, units: list[Unit], ref
     rows = []
     for unit in tqdm(units, desc="layer sensitivity", unit="layer", file=sys.stderr, disable=not sys.stderr.isatty(),
                      leave=False):
-        alone = fall_back(quantised, weights, every - {unit.node})
-        gots = run_batches(serialize(alone), images, outputs, emulate_qdq=emulate_qdq)
+        with runnable(fall_back(quantised, weights, every - {unit.node})) as alone:
+            gots = run_batches(alone, images, outputs, emulate_qdq=emulate_qdq)
         errors = {o: compare_output(o, ref_of[o][:len(images)], got).relative_logit_error
                   for o, got in zip(outputs, gots)}
         rows.append(_row(unit, errors))
@@ -135,6 +136,11 @@ class _SensitivityGraphs:
         self.quantised = quantised
         self.weights = weights
         fp32 = fall_back(quantised, weights, {n.name for n in quantised.graph})
+        total = sum(v.const_value.nbytes for g in (fp32, quantised) for v in g.graph.initializers.values()
+                    if v.const_value is not None)
+        if total >= EXTERNAL_DATA_THRESHOLD:
+            raise NotOneGraph(f"the fp32 and int8 weights together ({total / 2**30:.2f} GiB) are too large for one "
+                              "serialized graph")
         self.fp32 = ir.to_proto(fp32)
         self.nodes = list(self.fp32.graph.node)  # topological order
         self.index = {n.name: i for i, n in enumerate(self.nodes)}
