@@ -32,6 +32,7 @@ Pinning, so that adding tasks never changes the base output:
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,15 +78,19 @@ class Int8Graphs:
 def quantize_int8(model: ir.Model, calibration: CalibrationSet, method: str = "minmax",
                   target: str = "tensorrt") -> Int8Graphs:
     spec = TARGETS[target]
+    clock = time.perf_counter
+    start = clock()
     stream = extract_base_stream(model)
     base_ranges = tensor_ranges(stream.model, calibration.images, method, symmetric=spec.symmetric,
                                 desc="calibrating the base")
     alone = len(model.graph.outputs) == 1  # no tasks: the graph is its own base stream
     graph_ranges = base_ranges if alone else tensor_ranges(model, calibration.images, method, symmetric=spec.symmetric,
                                                            desc="calibrating the tasks")
+    calibrated = clock()
     ranges, pinned = pin_base_ranges(graph_ranges, base_ranges, stream.aliases, base_path(model))
     quantised = quantize_qdq(model, ranges, method, spec)
     base_only = quantised if alone else quantize_qdq(stream.model, _bounds(base_ranges), method, spec)
+    seconds = {"calibration": round(calibrated - start, 3), "quantize_static": round(clock() - calibrated, 3)}
     scheme = {"target": target, "format": "QDQ (QuantizeLinear/DequantizeLinear)", "activations": spec.activations,
               "weights": f"int8{' in a 7-bit range' if spec.reduce_range else ''}, per output channel, symmetric",
               "biases": "float", "outputs": "float",
@@ -94,7 +99,7 @@ def quantize_int8(model: ir.Model, calibration: CalibrationSet, method: str = "m
                                                 "method": method},
               "tensors": {"calibrated": len(ranges), "pinned_to_base": len(pinned),
                           "task_calibrated": len(ranges) - len(pinned)},
-              "merges": merge_ranges(model, ranges, graph_ranges)}
+              "merges": merge_ranges(model, ranges, graph_ranges), "seconds": seconds}
     return Int8Graphs(quantised, base_only, report)
 
 
