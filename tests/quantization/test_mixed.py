@@ -107,6 +107,9 @@ def test_greedy_falls_back_until_targets_are_met_and_verification_agrees(calibra
     assert mixed.model.metadata_props["subtune.calibration"].count("base.") >= 1  # fp32 layers named in metadata
     report = verify_reduced(_bytes(fp32), _bytes(mixed.model), _bytes(mixed.base_only), data, NAMES, [], options)
     assert report["base_output_vs_base_only"]["max_abs_difference"] == 0.0
+    assert report["outputs_computed_by_quantize"] == ["fp32", "int8"]  # the greedy's last graph is the one written
+    # fp32, the plain graph (its verification above) and the greedy's last graph: not its steps in between
+    assert len(check.outputs) == 3 and len(fb["history"]) > 2
     assert all(o["confident_agreement"] >= 0.95 for o in report["outputs"])
 
 
