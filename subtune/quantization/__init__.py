@@ -24,6 +24,7 @@ when a step runs.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,9 +221,12 @@ def verify_reduced(fp32: bytes | Path, reduced: bytes | Path, base_only: bytes |
     names = list(output_names) if "base" in output_names or base_only is None else [*output_names, "base"]
     # outputs of graphs quantize already ran on these images (the fp32 graph, the INT8 graph it settled on) are
     # reused: check_outputs keys them by what the graph computes
+    clock = time.perf_counter
+    start = clock()
     refs, fp32_reused = check_outputs(check, fp32, output_names)
     gots, reduced_reused = check_outputs(check, reduced, names, emulate_qdq=emulate)
     rows = agreement(refs, gots, output_names, check.labels)
+    seconds = {"outputs": round(clock() - start, 3)}
     report = {"images": check.source, "held_out": check.held_out, "check_images": len(images),
               "runtime": "ONNX Runtime CPU" + (", QDQ run as written (TensorRT's arithmetic)" if emulate else ""),
               "min_agreement": options.min_agreement, "max_accuracy_drop": options.max_accuracy_drop,
@@ -240,13 +244,17 @@ def verify_reduced(fp32: bytes | Path, reduced: bytes | Path, base_only: bytes |
             (alone,) = run_batches(base_only, calibration.images, ["base"], emulate_qdq=emulate)
             diff = max(diff, float(np.abs(with_tasks - alone).max()))
         report["base_output_vs_base_only"] = {"max_abs_difference": diff}
+        seconds["base_pinned"] = round(clock() - start - seconds["outputs"], 3)
         check_base_pinned(diff)
     if options.measure_latency:
         from subtune.quantization.timing import latency_ratios
 
+        start = clock()
         report["latency"] = lat = latency_ratios(fp32, reduced, images, emulate_qdq=emulate)
         ratios = [v["ratio"] for k, v in lat.items() if k.startswith("batch_")]
         lat["faster_than_fp32"] = all(r < 1 for r in ratios)
+        seconds["latency"] = round(clock() - start, 3)
+    report["seconds"] = seconds
     check_thresholds(rows, options.precision, **options.limits)
     if options.measure_latency:
         check_faster(report["latency"], options)
