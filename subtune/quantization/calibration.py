@@ -103,13 +103,17 @@ def tensor_ranges(model: ir.Model, images: np.ndarray, method: str, *, symmetric
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from tqdm import tqdm
 
+    from subtune.quantization.feeds import feeds, model_inputs
+
+    inputs = model_inputs(model)
+
     class OneBatch(CalibrationDataReader):
         def __init__(self, batch: np.ndarray):
             self.batch = batch
 
         def get_next(self):
             batch, self.batch = self.batch, None
-            return None if batch is None else {"images": batch}
+            return None if batch is None else feeds(inputs, batch)
 
     from subtune.quantization.files import save, too_large
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from subtune.errors import VerificationError
 from subtune.quantization.calibration import CalibrationSet
+from subtune.quantization.feeds import feeds, session_inputs
 from subtune.quantization.heldout import CheckSet
 from subtune.runtimes.onnxruntime import make_session
 
@@ -102,7 +103,9 @@ def labelled_outputs(tasks, data: CalibrationSet) -> set[str]:
 def run_batches(model: bytes | Path, images: np.ndarray, output_names: list[str], *,
                 emulate_qdq: bool = False) -> list[np.ndarray]:
     session = make_session(model, config=dict([EMULATE_QDQ]) if emulate_qdq else None)
-    parts = [session.run(output_names, {"images": images[i:i + EVAL_BATCH]}) for i in range(0, len(images), EVAL_BATCH)]
+    inputs = session_inputs(session)
+    parts = [session.run(output_names, feeds(inputs, images[i:i + EVAL_BATCH]))
+             for i in range(0, len(images), EVAL_BATCH)]
     return [np.concatenate([p[k] for p in parts]).astype(np.float32) for k in range(len(output_names))]
 
 
