@@ -10,6 +10,8 @@
                      until every output meets its target on the check images
     fp16.py          fp16 conversion, graph I/O and numerically sensitive ops kept in fp32
     compare.py       the reduced graph against its fp32 graph, and the thresholds that fail a compile
+    files.py         graphs as ONNX Runtime loads them: bytes, or a file with external data over 2 GiB
+    feeds.py         what a graph is fed here: the images, and all true for a task mask input
     timing.py        a quick latency check against fp32 for the report
     plot.py          the sensitivity table and PNG, the compile summary
 
