@@ -207,6 +207,8 @@ class _SensitivityGraphs:
         if source.is_initializer() or source.const_value is not None:
             if source.name.removesuffix(QUANTISED_SUFFIX) not in self.weights:
                 return None  # fall_back keeps this DequantizeLinear: fp32 reads it too
+            if source.name not in self.q_initializers:
+                raise NotOneGraph(f"{dq.name!r} dequantises {source.name!r}, a constant that is not an initializer")
             chain.append(self._qdq_copy(dq, [source.name], suffix, initializers))
             return chain[-1].output[0]
         q = source.producer()

@@ -81,3 +81,22 @@ def test_one_graph_equals_one_session_per_unit_on_a_compiled_graph(tiny_resnet_g
         if row["label"].startswith("tasks.0."):
             assert row["relative_logit_error"]["base"] == row["relative_logit_error"]["tail"] == 0
             assert row["relative_logit_error"]["mid"] > 0
+
+
+def test_where_the_one_graph_cannot_be_built_each_unit_gets_a_session(monkeypatch, caplog):
+    import subtune.quantization.sensitivity as sensitivity
+    from subtune.quantization.mixed import layer_sensitivity
+
+    fp32 = tiny_graph()
+    q = quantize_int8(fp32, CalibrationSet(images(16, seed=1)), "minmax", "tensorrt").model
+    names = [v.name for v in fp32.graph.outputs]
+    x = images(16, seed=3)
+    refs = run_batches(serialize(fp32), x, names)
+    units, weights = quantised_units(q), float_weights(fp32)
+    one = layer_sensitivity(q, weights, units, refs, x, names, names, emulate_qdq=True)
+    monkeypatch.setattr(sensitivity, "EXTERNAL_DATA_THRESHOLD", 1)  # as if fp32 + int8 weights passed 2 GiB
+    with caplog.at_level("WARNING"):
+        each = layer_sensitivity(q, weights, units, refs, x, names, names, emulate_qdq=True)
+    assert one.method == "one graph" and each.method == "one session per unit" and each.sessions == len(units)
+    assert "too large for one serialized graph" in each.note and "one session per layer" in caplog.text
+    _assert_same(one, each, names)
