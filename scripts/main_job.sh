@@ -15,6 +15,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # idle OpenMP threads must n
 OUT=${OUT:-runs/main}
 EPOCHS=${EPOCHS:-10}
 mkdir -p "$OUT"
+subtune --version
 
 subtune base --arch timm:efficientnet_lite0 --pretrained-package -o "$OUT/base.pt"
 subtune train "$OUT/base.pt" --data fashion-mnist --limit 1250 --image-size 64 --epochs "$EPOCHS" \

@@ -72,6 +72,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status,
+    Linux 4.7+): setting it to read it back would change it, for a moment, for every thread."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, then set it back
     os.umask(mask)
     return mask

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from subtune import graph_metadata
 from subtune.errors import SubtuneError
 
 
@@ -41,13 +41,13 @@ def _describe_onnx(path: str) -> dict:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # noqa: BLE001
         raise SubtuneError(f"{path}: not a readable ONNX file ({type(e).__name__})") from e
-    meta = {p.key: p.value for p in model.metadata_props}
     info = {"format": "onnx", "opset": [f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import],
             "inputs": [i.name for i in model.graph.input], "outputs": [o.name for o in model.graph.output],
             "nodes": len(model.graph.node)}
-    for key, value in meta.items():
-        try:
-            info[key] = json.loads(value)
-        except ValueError:
-            info[key] = value
-    return info
+    props = {p.key: p.value for p in model.metadata_props}
+    if not any(k.startswith(graph_metadata.PREFIX) for k in props):
+        return {**info, "subtune_graph": False}  # any ONNX file can be described; it is not a compiled one
+    try:
+        return {**info, "subtune_graph": True, **graph_metadata.decode(props, path)}
+    except graph_metadata.GraphMetadataError as e:
+        raise SubtuneError(str(e)) from None

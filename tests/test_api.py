@@ -18,6 +18,7 @@ import subtune
 from subtune.errors import SubtuneError, VerificationError
 from subtune.models import make_base
 from subtune.synthetic import synthetic_task
+from subtune.training.options import DataOptions, Head2Toe, Linear, LoRA, SubTuning, TrainingOptions
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = "<!-- python-api-example"
@@ -132,6 +133,7 @@ def test_report_naming_the_weights_file_is_refused(tmp_path, tiny):
     ({"image_size": (16, 16, 3)}, "H or \\(H, W\\)"),
     ({"prune": 1.5}, "strictly between 0 and 1"),
     ({"output": "m.plan", "batch_range": (8, 1, 4)}, "1 <= MIN <= OPT <= MAX"),
+    ({"output": "m.onnx", "batch_range": (1, 8, 32)}, "`batch_range` sets a TensorRT engine's batch profile"),
 ])
 def test_bad_options_are_refused_before_any_work(tmp_path, tiny, kwargs, match, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -142,13 +144,84 @@ def test_bad_options_are_refused_before_any_work(tmp_path, tiny, kwargs, match, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_compile_leaves_the_callers_options_as_they_were(tmp_path, tiny):
+    """#22 item 3: compile resolves `int8_target` auto (and the engine flag) into a new object; the
+    caller's PrecisionOptions and PruneOptions come back as they went in, whether the compile
+    fails early (here: calibration data that does not exist) or on the engine path."""
+    import copy
+
+    from subtune.pruning.plan import PruneOptions
+    from subtune.quantization import PrecisionOptions
+
+    base, tasks = tiny
+    precision = PrecisionOptions("int8", f"imagefolder:{tmp_path / 'absent'}")
+    prune = PruneOptions(0.5)
+    before = (copy.deepcopy(precision), copy.deepcopy(prune))
+    for output in ("m.onnx", "m.plan"):
+        with pytest.raises(SubtuneError):
+            subtune.compile(base, tasks, tmp_path / output, image_size=16, precision=precision, prune=prune)
+        assert (precision, prune) == before, output
+    resolved = precision.check(engine=True)
+    assert resolved is not precision and (resolved.int8_target, resolved.engine) == ("tensorrt", True)
+    assert (precision.int8_target, precision.engine, precision.int8_target_reason) == ("auto", False, "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_in_cpu_form_for_an_engine_is_refused_before_any_work(tmp_path, tiny, capsys, monkeypatch):
+    """#22 item 3: TensorRT refuses the cpu QDQ form, so `-o x.plan --int8-target cpu` is refused
+    up front (before TensorRT is even looked for), not inside the engine build."""
+    from subtune.cli import main
+    from subtune.formats import save_base
+    from subtune.quantization import PrecisionOptions
+
+    base, tasks = tiny
+    checked = []
+    import subtune.runtimes.tensorrt as trt
+
+    real = trt.tensorrt_unavailable_reason
+    monkeypatch.setattr(trt, "tensorrt_unavailable_reason", lambda: checked.append(1) or real())
+    with pytest.raises(SubtuneError, match="`int8_target` cpu is ONNX Runtime's x86 form") as caught:
+        subtune.compile(base, tasks, tmp_path / "m.plan", precision=PrecisionOptions("int8", "fashion-mnist",
+                                                                                      int8_target="cpu"))
+    assert "--" not in str(caught.value) and checked == []
+    save_base(tmp_path / "base.pt", base)
+    code = main(["compile", str(tmp_path / "base.pt"), "-o", str(tmp_path / "m.plan"), "--precision", "int8",
+                 "--calibration", "fashion-mnist", "--int8-target", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--int8-target cpu is ONNX Runtime's x86 form" in err and "`" not in err
+    assert len(err.strip().splitlines()) == 1 and checked == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.pt"]
+
+
+def test_compile_result_keeps_the_compiler_state_only_when_asked(tmp_path, tiny, monkeypatch):
+    """#22 item 7: the Plan (onnx-ir graph, models: gigabytes for a large model) is released when
+    compile returns unless keep_plan=True; the result's report still says what the graph is."""
+    import gc
+    import weakref
+
+    import subtune.compiler.pipeline as pipeline
+
+    plans = []
+    real = pipeline.compile_plan
+    monkeypatch.setattr(pipeline, "compile_plan", lambda plan, options: plans.append(weakref.ref(plan))
+                        or real(plan, options))
+    base, tasks = tiny
+    result = subtune.compile(base, tasks, tmp_path / "m.onnx", image_size=16, verify=False, report=False)
+    gc.collect()
+    assert result.plan is None and len(plans) == 1 and plans[0]() is None
+    assert result.outputs == ["base", "a", "b"] and result.input_size == (16, 16)
+    kept = subtune.compile(base, tasks, tmp_path / "k.onnx", image_size=16, verify=False, report=False,
+                           keep_plan=True)
+    assert kept.plan is plans[1]() and kept.plan.output_names == ["base", "a", "b"] and kept.plan.onnx is not None
+
+
 # --------------------------------------------------------------------------- the other verbs
 # train, profile, prune, prune_sweep, select, benchmark, triton_repo: each is what its command runs. Tiny
 # on purpose: subtune:tiny_resnet at 16 px on a nine-image-per-class colour folder.
 
 TRAIN_EXAMPLE = "<!-- python-api-train-example"
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
-QUICK = dict(image_size=16, epochs=2, batch_size=8)
+QUICK = dict(data_options=DataOptions(image_size=16), training=TrainingOptions(epochs=2, batch_size=8))
 
 
 def _write_image(path: Path, colour, seed: int) -> None:
@@ -182,7 +255,8 @@ def tiny_base():
 def trained(tmp_path_factory, tiny_base, folder):
     """One task trained through the API to files (blocks 7-8), shared by the checks below."""
     out = tmp_path_factory.mktemp("trained") / "colours.pt"
-    return subtune.train(tiny_base, f"imagefolder:{folder}", out, blocks="layer4", test=True, **QUICK)
+    return subtune.train(tiny_base, f"imagefolder:{folder}", out, method=SubTuning("layer4"),
+                         data_options=DataOptions(image_size=16, test=True), training=QUICK["training"])
 
 
 def test_train_writes_the_task_and_report_and_returns_the_same_task(trained):
@@ -215,8 +289,8 @@ def test_train_in_memory_from_loaded_splits_logs_and_compiles(tmp_path, tiny_bas
     splits = [load_dataset(f"imagefolder:{folder}", s, **kw) for s in ("train", "val")]
     lines = []
     with caplog.at_level(logging.WARNING, logger="subtune"):
-        result = subtune.train(tiny_base, splits, blocks=[8], epochs=1, batch_size=8, augment="flip",
-                               on_progress=lines.append)
+        result = subtune.train(tiny_base, splits, method=SubTuning([8]),
+                               training=TrainingOptions(epochs=1, batch_size=8, augment="flip"), on_progress=lines.append)
     assert result.output is None and result.files == [] and result.report["output"] is None
     assert any("augmentation 'flip'" in r.getMessage() for r in caplog.records)
     assert lines and lines[0].startswith("data ") and capsys.readouterr() == ("", "")
@@ -226,17 +300,47 @@ def test_train_in_memory_from_loaded_splits_logs_and_compiles(tmp_path, tiny_bas
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({}, "--blocks is required"),
-    ({"blocks": "7-8", "report": "t.pt"}, "same file as -o"),
-    ({"blocks": "7-8", "mode": "linear"}, "trains no chosen blocks"),
-    ({"blocks": "7-9"}, "out of range"),
-    ({"blocks": [object()]}, "blocks: expected"),
+    ({"method": SubTuning(None)}, "`blocks` is required"),
+    ({"method": SubTuning("7-8"), "report": "t.pt"}, "`report` t.pt is the same file as `output`"),
+    ({"method": SubTuning("7-9")}, "out of range"),
+    ({"method": SubTuning([object()])}, "`blocks`: expected"),
+    ({"method": SubTuning("7-8", max_blocks=2)}, "apply to `blocks` auto only"),
+    ({"method": SubTuning("auto", max_blocks=0)}, "`max_blocks` must be at least 1"),
+    ({"method": LoRA(rank=0)}, "`rank` must be at least 1"),
+    ({"method": LoRA(blocks="auto")}, "`blocks` auto .* is SubTuning's"),
+    ({"method": Head2Toe(tap_grid=0)}, "`tap_grid` must be at least 1"),
+    ({"method": Head2Toe(feature_budget="many")}, "`feature_budget` 'many'"),
+    ({"method": Linear}, "found the class Linear: call it"),
+    ({"method": "subtune"}, "`method`: expected SubTuning"),
+    ({"method": Linear(), "ray": "local"}, "`ray` .* SubTuning with `blocks` auto only"),
+    ({"method": Linear(), "name": "9 lives"}, "`name`"),
+    ({"method": SubTuning("8"), "data_options": DataOptions(test_limit=5)}, "`test_limit` applies"),
+    ({"method": SubTuning("8"), "data_options": DataOptions(image_size=4)}, "`image_size`"),
+    ({"method": SubTuning("8"), "training": TrainingOptions(lr=0)}, "`lr` must be positive"),
+    ({"method": SubTuning("8"), "training": TrainingOptions(augment="mixup")}, "`augment` 'mixup'"),
+    ({"method": SubTuning("8"), "training": dict(epochs=1)}, "`training`: expected TrainingOptions"),
+    ({"method": SubTuning("8"), "threads": 0}, "`threads` must be at least 1"),
 ])
-def test_train_refuses_bad_requests_and_writes_nothing(tmp_path, tiny_base, folder, kwargs, match, monkeypatch):
+def test_train_refuses_bad_requests_naming_parameters_and_writes_nothing(tmp_path, tiny_base, folder, kwargs, match,
+                                                                         monkeypatch):
+    """#22 item 7: the method is a typed option object that takes only its own settings (what does
+    not apply cannot be passed, or is refused), and every error names Python parameters, never a
+    command-line flag."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SubtuneError, match=match):
-        subtune.train(tiny_base, f"imagefolder:{folder}", "t.pt", **QUICK, **kwargs)
+    options = {**QUICK, **kwargs}
+    with pytest.raises(SubtuneError, match=match) as caught:
+        subtune.train(tiny_base, f"imagefolder:{folder}", "t.pt", **options)
+    assert "--" not in str(caught.value) and "\n" not in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_method_options_take_only_their_own_settings():
+    with pytest.raises(TypeError, match="siamese"):
+        LoRA(siamese=True)
+    with pytest.raises(TypeError, match="blocks"):
+        Linear(blocks="7-8")
+    with pytest.raises(TypeError, match="rank"):
+        SubTuning("7-8", rank=4)
 
 
 def test_prune_from_paths_and_objects_alike(tmp_path, trained, tiny_base):
@@ -263,7 +367,7 @@ def test_prune_sweep_points_and_files(tmp_path, trained, tiny_base, folder):
     assert len(points) == 2 == len(result.sweep.points)
     kept = [p["params_kept"] for p in points]
     assert 0 < kept[1] < kept[0] < 1
-    with pytest.raises(SubtuneError, match="--scopes"):
+    with pytest.raises(SubtuneError, match="`scopes`"):
         subtune.prune_sweep(tiny_base, trained.task, f"imagefolder:{folder}", scopes=["both"])
 
 
@@ -285,18 +389,7 @@ def test_select_picks_the_smallest_margins_and_excludes_earlier_picks(tmp_path, 
         subtune.select(tiny_base, trained.task, f"images:{pool}", 1, exclude=first.ids + second.ids)
 
 
-@pytest.fixture
-def torch_threads():
-    """Restores torch's thread count after a test that sets it (`threads=`)."""
-    import torch
-
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
-def test_profile_resumes_after_an_interrupt_and_runs_in_memory_alike(tmp_path, tiny_base, folder, capsys, monkeypatch,
-                                                                     torch_threads):
+def test_profile_resumes_after_an_interrupt_and_runs_in_memory_alike(tmp_path, tiny_base, folder, capsys, monkeypatch):
     """A Ctrl-C during the runs (here raised where the first row is shown, after its run is saved)
     raises ProfileInterrupted with what is on disk; the same call again runs only the rest and
     writes the JSON, the PNG and the runs; without an output nothing is written, same numbers.
@@ -304,7 +397,7 @@ def test_profile_resumes_after_an_interrupt_and_runs_in_memory_alike(tmp_path, t
     spinning OpenMP threads on a shared 2-core machine made each tiny run take seconds."""
     monkeypatch.chdir(tmp_path)
     data = f"imagefolder:{folder}"
-    kw = dict(window=2, starts=[6, 7], baselines="linear", threads=1, **QUICK)  # 3 runs
+    kw = dict(window=2, starts=[6, 7], baselines=[Linear()], threads=1, **QUICK)  # 3 runs
 
     def interrupt(line: str) -> None:
         if line.startswith("    "):  # the first profile row
@@ -335,10 +428,13 @@ def test_profile_resumes_after_an_interrupt_and_runs_in_memory_alike(tmp_path, t
     assert [e["accuracy"] for e in memory.entries] == [e["accuracy"] for e in result.entries]
     assert memory.best == result.best and memory.report["resumed_runs"] == 0
 
-    for bad, match in (({"baselines": "linear,bogus"}, "--baselines"), ({"seeds": [0, 0]}, "--seeds"),
-                       ({"starts": [8]}, "do not fit")):
-        with pytest.raises(SubtuneError, match=match):
+    for bad, match in (({"baselines": "linear,bogus"}, "`baselines`"), ({"seeds": [0, 0]}, "`seeds`"),
+                       ({"starts": [8]}, "do not fit"), ({"baselines": [LoRA(rank=4)]}, "differs from the defaults"),
+                       ({"baselines": [SubTuning("7")]}, "the windows are the SubTuning runs"),
+                       ({"ray": dict(address="local")}, "`ray`: expected")):
+        with pytest.raises(SubtuneError, match=match) as caught:
             subtune.profile(tiny_base, data, "q.json", **{**kw, **bad})
+        assert "--" not in str(caught.value)
     assert not Path("q.json").exists() and not Path("q.runs").exists()
 
 
@@ -394,3 +490,51 @@ def test_readme_train_example_runs_as_written(tmp_path):
                                         "True ['base', 'flowers']"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.pt", "flowers", "flowers.pt", "flowers.train.json",
                                                            "model.onnx", "model.report.json"]
+
+
+# --------------------------------------------------------------------------- process state (#22 item 7)
+
+
+def _umask_now() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    pytest.skip("this kernel does not show the umask in /proc/self/status")
+
+
+def test_api_calls_leave_process_state_as_they_found_it(tmp_path, tiny_base, trained, folder, monkeypatch):
+    """train, profile and select with `threads=1`: torch's thread count, the environment (no
+    OMP_WAIT_POLICY appears), the signal handlers and the umask are as they were afterwards."""
+    import signal
+
+    import torch
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    state = lambda: (torch.get_num_threads(), dict(os.environ), signal.getsignal(signal.SIGINT),  # noqa: E731
+                     signal.getsignal(signal.SIGTERM), _umask_now())
+    before = state()
+    data = f"imagefolder:{folder}"
+    subtune.train(tiny_base, data, tmp_path / "t.pt", method=SubTuning("8"), threads=1, **QUICK)
+    assert state() == before
+    subtune.profile(tiny_base, data, window=1, starts=[8], threads=1, **QUICK)
+    assert state() == before
+    subtune.select(tiny_base, trained.task, data, 2, pool_split="test", threads=1)
+    assert state() == before
+    with pytest.raises(SubtuneError):  # and after a failure
+        subtune.train(tiny_base, data, method=SubTuning("7-9"), threads=1, **QUICK)
+    assert state() == before
+
+
+def test_writing_a_file_never_sets_the_umask(tmp_path, monkeypatch):
+    """The mode of an atomically written file follows the umask, read without setting it (setting
+    it to read it back changes it, for a moment, for every thread of the process)."""
+    from subtune.atomic import write_text
+
+    mask = _umask_now()
+
+    def refuse(*_):
+        raise AssertionError("os.umask called")
+
+    monkeypatch.setattr(os, "umask", refuse)
+    write_text(tmp_path / "x.json", "{}")
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~mask

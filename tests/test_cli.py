@@ -175,7 +175,7 @@ def test_task_files_without_a_hash_still_load(tmp_path, resnet18_files):
 def test_prune_report_naming_the_output_is_refused(tmp_path, capsys, resnet18_files):
     d = resnet18_files
     out = tmp_path / "p.pt"
-    code, _, err = _run(capsys, "prune", str(d / "early.pt"), "--base", str(d / "base.pt"), "--ratio", "0.5",
+    code, _, err = _run(capsys, "prune", str(d / "base.pt"), str(d / "early.pt"), "--ratio", "0.5",
                         "-o", str(out), "--report", str(out))
     assert code == 1 and "same file as -o" in err and list(tmp_path.iterdir()) == []
 
@@ -188,3 +188,121 @@ def test_failed_verification_prints_the_table_and_writes_only_the_report(tmp_pat
     assert code == 1 and "verification failed" in err and len(err.strip().splitlines()) == 1
     assert "FAILED" in stdout and "no model written" in stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.report.json"]
+
+
+# --------------------------------------------------------------------------- one convention per concept (#22 item 8)
+
+
+def test_version(capsys):
+    from subtune.version import __version__
+
+    for only in (None, "compile", "bench"):
+        with pytest.raises(SystemExit) as done:
+            main(["--version"], only=only)
+        assert done.value.code == 0
+    assert capsys.readouterr().out.splitlines() == [f"subtune {__version__}", f"subtune-compile {__version__}",
+                                                    f"subtune-bench {__version__}"]
+
+
+def test_prune_takes_the_base_first_and_the_old_order_with_a_warning(tmp_path, capsys, resnet18_files):
+    d = resnet18_files
+    code, _, err = _run(capsys, "prune", str(d / "base.pt"), str(d / "early.pt"), "--ratio", "0.5",
+                        "-o", str(tmp_path / "new.pt"))
+    assert code == 0 and err == ""
+    code, _, err = _run(capsys, "prune", str(d / "early.pt"), "--base", str(d / "base.pt"), "--ratio", "0.5",
+                        "-o", str(tmp_path / "old.pt"))
+    assert code == 0 and err.count("\n") == 1 and "deprecated" in err
+    assert f"subtune prune {d / 'base.pt'} {d / 'early.pt'}" in err  # the new form, spelt out
+    new, old = load_task(tmp_path / "new.pt"), load_task(tmp_path / "old.pt")
+    assert all(torch.equal(v, old.block_state[b][k]) for b, s in new.block_state.items() for k, v in s.items())
+    code, _, err = _run(capsys, "prune", str(d / "early.pt"), "--ratio", "0.5", "-o", str(tmp_path / "x.pt"))
+    assert code == 1 and "expected BASE TASK" in err
+    for argv in ([str(d / "base.pt"), str(d / "early.pt")], [str(d / "early.pt"), "--base", str(d / "base.pt")]):
+        code, _, err = _run(capsys, "prune-sweep", *argv, "--data", "fashion-mnist", "--ratios", "2",
+                            "-o", str(tmp_path / "s.json"))
+        assert code == 1 and "pruning ratio 2.0" in err and ("deprecated" in err) == ("--base" in argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.pt", "new.report.json", "old.pt", "old.report.json"]
+
+
+def _command_parsers():
+    from subtune.cli import COMMANDS, build_parser
+
+    return {name: build_parser([], only=name) for name in COMMANDS}
+
+
+def test_image_size_means_the_input_images_size_everywhere():
+    import argparse
+
+    from subtune.commands.flag_values import IMAGE_SIZE_HELP, image_size
+
+    having = {}
+    for name, parser in _command_parsers().items():
+        for action in parser._actions:
+            if "--image-size" in action.option_strings:
+                having[name] = action
+                assert IMAGE_SIZE_HELP in action.help, (name, action.help)
+                assert action.type in (None, str), name  # the text, read by image_size: H or H,W
+    assert image_size("24,32") == (24, 32) and image_size("24") == (24, 24)
+    assert set(having) == {"base", "compile", "train", "profile", "bench"}
+    assert all(a.help != argparse.SUPPRESS for a in having.values())
+
+
+def test_thread_flags_say_which_threads(tmp_path, capsys):
+    import argparse
+
+    shown = {name: [(a.option_strings, a.help) for a in parser._actions
+                    if "threads" in a.dest and a.help != argparse.SUPPRESS]
+             for name, parser in _command_parsers().items()}
+    assert {name: [o for o, _ in flags] for name, flags in shown.items() if flags} == {
+        "train": [["--torch-threads"]], "profile": [["--torch-threads"]], "select": [["--torch-threads"]],
+        "bench": [["--intra-op-threads"]], "triton-repo": [["--ort-threads"]]}
+    for name, flags in shown.items():
+        for _, help_text in flags:
+            assert "intra-op" in help_text and ("torch" in help_text or "ONNX Runtime" in help_text), name
+    code = main(["bench", str(tmp_path / "absent.onnx"), "--threads", "2"])  # the old spelling still works
+    err = capsys.readouterr().err
+    assert code == 1 and "warning: --threads is deprecated: use --intra-op-threads" in err and "not found" in err
+
+
+DOES_NOTHING = [
+    (["compile", "{base}", "-o", "{out}/m.onnx", "--batch-range", "1,8,32"], "--batch-range does nothing for m.onnx"),
+    (["compile", "{base}", "-o", "{out}/m.onnx", "--no-verify", "--tolerance", "1e-3"],
+     "--tolerance does nothing with --no-verify"),
+    (["compile", "{base}", "-o", "{out}/m.onnx", "--int8-target", "cpu"],
+     "--int8-target does nothing for the default fp32 graph"),
+    (["compile", "{base}", "-o", "{out}/m.onnx", "--precision", "fp16", "--max-fallback", "2"],
+     "--max-fallback does nothing with --precision fp16"),
+    (["compile", "{base}", "-o", "{out}/m.onnx", "--prune-norm", "l1"], "--prune-norm does nothing without --prune"),
+    (["train", "{base}", "--data", "imagefolder:{out}", "--mode", "lora", "--tap-grid", "3", "-o", "{out}/t.pt"],
+     "--tap-grid does nothing with --mode lora: only with --mode head2toe"),
+    (["train", "{base}", "--data", "imagefolder:{out}", "--blocks", "3", "--max-blocks", "2", "-o", "{out}/t.pt"],
+     "--max-blocks steer greedy selection: they apply to --blocks auto only"),
+    (["train", "{base}", "--data", "imagefolder:{out}", "--blocks", "3", "--ray", "-o", "{out}/t.pt"],
+     "--ray runs greedy selection's candidates as Ray tasks"),
+    (["train", "{base}", "--data", "imagefolder:{out}", "--blocks", "3", "--ray-cpus-per-run", "2",
+      "-o", "{out}/t.pt"], "--ray-cpus-per-run does nothing without --ray"),
+    (["train", "{base}", "--data", "imagefolder:{out}", "--blocks", "3", "--test-limit", "10", "-o", "{out}/t.pt"],
+     "--test-limit applies when the test split is evaluated: add --test"),
+    (["profile", "{base}", "--data", "imagefolder:{out}", "--ray-gpus-per-run", "1", "-o", "{out}/p.json"],
+     "--ray-gpus-per-run does nothing without --ray"),
+    (["prune", "{base}", "{task}", "--ratio", "0.5", "--epochs", "3", "-o", "{out}/p.pt"],
+     "--epochs does nothing without --data"),
+    (["triton-repo", "{out}/engine.plan", "--ort-threads", "2", "-o", "{out}/repo"],
+     "--ort-threads does nothing with the tensorrt backend"),
+    (["triton-repo", "{out}/m.onnx", "--no-dynamic-batching", "--queue-delay-us", "50", "-o", "{out}/repo"],
+     "--queue-delay-us does nothing with --no-dynamic-batching"),
+    (["serve", "{out}", "--max-batch-size", "4"], "--max-batch-size does nothing for a repository folder"),
+    (["bench", "--profile", "{out}/p.json", "{base}", "--keep-samples"], "--keep-samples does nothing with --profile"),
+    (["base", "--arch", "torchvision:resnet18", "--image-size", "64", "-o", "{out}/b.pt"],
+     "--image-size does nothing for torchvision:resnet18"),
+]
+
+
+@pytest.mark.parametrize("argv,message", DOES_NOTHING, ids=[f"{a[0]}: {m.split(':')[0]}" for a, m in DOES_NOTHING])
+def test_a_flag_that_does_nothing_here_is_refused(tmp_path, capsys, resnet18_files, argv, message):
+    """Refused in one line before any work (nothing is written), naming the flag, never ignored."""
+    d = resnet18_files
+    argv = [a.format(base=d / "base.pt", task=d / "early.pt", out=tmp_path) for a in argv]
+    code, _, err = _run(capsys, *argv)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1 and "`" not in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-// The README's example: each task's best class for each image given, by name.
+// The example of docs/cpp.md ("Use"): each task's best class for each image given, by name.
 //   subtune-example-classify MODEL.onnx IMAGE...
 #include <subtune/image.hpp>
 #include <subtune/model.hpp>
@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
     std::vector<float> x(per * (argc - 2));
     for (int i = 2; i < argc; ++i)                          // resize + normalise as subtune's Python loader
       subtune::load_preprocessed(argv[i], *pre, x.data() + (i - 2) * per);
-    subtune::Outputs out = model.run(x.data(), argc - 2);   // [batch, 3, H, W] -> every output at once
+    subtune::Outputs out = model.run(x, argc - 2);          // [batch, 3, H, W] -> every output at once
     for (int i = 0; i < argc - 2; ++i)
       for (const auto& task : model.tasks()) {
         const subtune::Tensor& logits = out.at(task.name);  // [batch, classes]

@@ -81,6 +81,10 @@ Image read_pnm(const std::string& path, const std::vector<uint8_t>& bytes) {
 }
 
 #ifdef SUBTUNE_WITH_PNG
+// libpng reports an error by calling png_error_fn, which longjmps back to the setjmp of the libpng
+// call that failed. Each such call runs in a function of its own below, whose frame holds only its
+// parameters, never modified: no local can be left indeterminate by the jump and no C++ object's
+// destructor is skipped. The C++ objects live in read_png, which sees true or false.
 struct PngState {
   std::string message;
 };
@@ -91,58 +95,78 @@ void png_error_fn(png_structp png, png_const_charp msg) {
 }
 void png_warning_fn(png_structp, png_const_charp) {}
 
-// libpng's classic API with no gamma or colour transformation, so the samples are the file's
-// as PIL reads them: palettes expand to RGB, 1/2/4-bit grey scales to 8 bits.
+bool png_start(png_structp png, png_infop info, FILE* file) {
+  if (setjmp(png_jmpbuf(png))) return false;
+  png_init_io(png, file);
+  png_read_info(png, info);
+  return true;
+}
+
+// No gamma or colour transformation, so the samples are the file's as PIL reads them: palettes
+// expand to RGB, 1/2/4-bit grey scales to 8 bits.
+bool png_expand(png_structp png, png_infop info, int color, int bit_depth) {
+  if (setjmp(png_jmpbuf(png))) return false;
+  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if (color == PNG_COLOR_TYPE_GRAY && bit_depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  png_read_update_info(png, info);
+  return true;
+}
+
+bool png_rows(png_structp png, png_bytepp rows) {
+  if (setjmp(png_jmpbuf(png))) return false;
+  png_read_image(png, rows);
+  return true;
+}
+
+class PngReader {
+ public:
+  explicit PngReader(PngState* state)
+      : png_(png_create_read_struct(PNG_LIBPNG_VER_STRING, state, png_error_fn, png_warning_fn)),
+        info_(png_ ? png_create_info_struct(png_) : nullptr) {}
+  ~PngReader() { png_destroy_read_struct(&png_, &info_, nullptr); }
+  PngReader(const PngReader&) = delete;
+  PngReader& operator=(const PngReader&) = delete;
+  bool ok() const { return png_ && info_; }
+  png_structp png() const { return png_; }
+  png_infop info() const { return info_; }
+
+ private:
+  png_structp png_;
+  png_infop info_;
+};
+
 Image read_png(const std::string& path) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
   if (!f) throw Error(path + ": no such file or not readable; expected a PPM/PGM or PNG image");
   PngState state;
-  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &state, png_error_fn, png_warning_fn);
-  png_infop info = png ? png_create_info_struct(png) : nullptr;
-  if (!png || !info) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    throw Error(path + ": libpng could not start");
-  }
-  Image img;
-  std::string refuse;
-  std::vector<png_bytep> rows;
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    throw Error(path + ": not a readable PNG (" + state.message + ")");
-  }
-  png_init_io(png, f.get());
-  png_read_info(png, info);
+  PngReader reader(&state);
+  if (!reader.ok()) throw Error(path + ": libpng could not start");
+  png_structp png = reader.png();
+  png_infop info = reader.info();
+  auto failed = [&] { return Error(path + ": not a readable PNG (" + state.message + ")"); };
+
+  if (!png_start(png, info, f.get())) throw failed();
   png_uint_32 width = png_get_image_width(png, info), height = png_get_image_height(png, info);
   int bit_depth = png_get_bit_depth(png, info), color = png_get_color_type(png, info);
-  bool alpha = (color & PNG_COLOR_MASK_ALPHA) || png_get_valid(png, info, PNG_INFO_tRNS);
-  if (alpha) {
-    int ch = png_get_channels(png, info);
-    refuse = path + ": " + std::to_string(ch) + " channels with alpha or transparency; expected grey or RGB "
-             "(1 or 3 channels): flatten the alpha channel first";
-  } else if (bit_depth == 16) {
-    refuse = path + ": 16-bit samples; expected 8-bit grey or RGB: convert the image";
-  } else if (int64_t(width) * height > kMaxPixels) {
-    refuse = path + ": image is " + std::to_string(width) + "x" + std::to_string(height) + ", larger than subtune reads";
-  }
-  if (refuse.empty()) {
-    if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
-    if (color == PNG_COLOR_TYPE_GRAY && bit_depth < 8) png_set_expand_gray_1_2_4_to_8(png);
-    png_read_update_info(png, info);
-    img.width = int(width);
-    img.height = int(height);
-    img.channels = png_get_channels(png, info);
-    if (img.channels != 1 && img.channels != 3) {
-      refuse = path + ": " + std::to_string(img.channels) + " channels; expected grey or RGB (1 or 3)";
-    } else {
-      size_t stride = png_get_rowbytes(png, info);
-      img.pixels.resize(stride * height);
-      rows.resize(height);
-      for (png_uint_32 y = 0; y < height; ++y) rows[y] = img.pixels.data() + y * stride;
-      png_read_image(png, rows.data());
-    }
-  }
-  png_destroy_read_struct(&png, &info, nullptr);
-  if (!refuse.empty()) throw Error(refuse);
+  if ((color & PNG_COLOR_MASK_ALPHA) || png_get_valid(png, info, PNG_INFO_tRNS))
+    throw Error(path + ": " + std::to_string(png_get_channels(png, info)) + " channels with alpha or transparency; "
+                "expected grey or RGB (1 or 3 channels): flatten the alpha channel first");
+  if (bit_depth == 16) throw Error(path + ": 16-bit samples; expected 8-bit grey or RGB: convert the image");
+  if (int64_t(width) * height > kMaxPixels)
+    throw Error(path + ": image is " + std::to_string(width) + "x" + std::to_string(height) + ", larger than subtune reads");
+
+  if (!png_expand(png, info, color, bit_depth)) throw failed();
+  Image img;
+  img.width = int(width);
+  img.height = int(height);
+  img.channels = png_get_channels(png, info);
+  if (img.channels != 1 && img.channels != 3)
+    throw Error(path + ": " + std::to_string(img.channels) + " channels; expected grey or RGB (1 or 3)");
+  size_t stride = png_get_rowbytes(png, info);
+  img.pixels.resize(stride * height);
+  std::vector<png_bytep> rows(height);
+  for (png_uint_32 y = 0; y < height; ++y) rows[y] = img.pixels.data() + y * stride;
+  if (!png_rows(png, rows.data())) throw failed();
   return img;
 }
 #endif

@@ -3,9 +3,12 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <sys/stat.h>
 
 #include "backend.hpp"
+#include "graph_metadata.hpp"
 #include "subtune/model.hpp"
 
 namespace subtune {
@@ -20,7 +23,7 @@ std::string first_line(const std::string& text) {
 
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 
 std::string join(const std::vector<std::string>& items) {
   std::string s;
@@ -72,6 +75,7 @@ struct Model::Impl {
   std::vector<std::string> outputs;
   std::vector<TaskInfo> tasks;
   std::string arch, version;
+  int schema = 0;
   bool verified = false;
   int height = 0, width = 0;
 };
@@ -84,64 +88,50 @@ Model::Model(const std::string& path, const Options& options) : impl_(std::make_
   if (!S_ISREG(st.st_mode)) throw Error(path + ": not a regular file; expected a graph from subtune-compile (model.onnx)");
   if (options.threads < 0) throw Error("threads " + std::to_string(options.threads) + ": expected 0 (default) or more");
 
-  // The runtime first: it says best what is wrong with a file that is not ONNX at all.
+  // A missing or short weights file (ONNX external data) is named here: the runtimes' own messages
+  // for it are vague (OpenVINO's says nothing). A file that is not ONNX at all is left to the
+  // runtime, which says best what is wrong with it.
+  std::optional<detail::OnnxFileInfo> file;
+  try {
+    file = detail::read_onnx_file(path);
+  } catch (const Error&) {
+  }
+  if (file) detail::check_external_data(path, *file);
   m.backend = options.runtime == Runtime::openvino ? detail::make_openvino_backend(path, options.threads)
                                                    : detail::make_onnxruntime_backend(path, options.threads);
-  std::map<std::string, std::string> meta = detail::read_onnx_metadata(path);
-  if (!meta.count("subtune.outputs"))
-    throw Error(path + ": not a subtune graph (its ONNX metadata has no subtune.outputs); "
-                "compile one with subtune-compile base.pt task.pt ... -o model.onnx");
-  auto parse = [&](const char* key, bool required) -> json {
-    auto it = meta.find(key);
-    if (it == meta.end()) {
-      if (required)
-        throw Error(path + ": a subtune graph records " + key + " in its ONNX metadata and this one does not; "
-                    "compile it again with subtune-compile");
-      return json();
+  if (!file) file = detail::read_onnx_file(path);  // the runtime loaded it: its protobuf error, if any
+  // Read against the one definition of the keys (subtune/graph_metadata.schema.json, embedded at
+  // build time): after decode_graph_metadata every required key is there with its declared type.
+  const json meta = detail::decode_graph_metadata(file->metadata, path);
+  m.schema = meta.at(detail::graph_metadata_version_key()).get<int>();
+  m.outputs = meta.at("subtune.outputs").get<std::vector<std::string>>();
+  m.arch = meta.at("subtune.arch").get<std::string>();
+  m.version = meta.at("subtune.version").get<std::string>();
+  m.height = meta.at("subtune.input_size")[0].get<int>();
+  m.width = meta.at("subtune.input_size")[1].get<int>();
+  m.verified = meta.at("subtune.verified").get<bool>();
+  const json pre = meta.contains("subtune.preprocess") ? meta["subtune.preprocess"] : json::object();
+  for (const json& t : meta.at("subtune.tasks")) {  // keys the definition does not declare are ignored
+    TaskInfo info;
+    info.name = t.at("name").get<std::string>();
+    info.kind = t.at("kind").get<std::string>();
+    const json& blocks = t.at("blocks");
+    if (!blocks.empty()) {
+      info.first_block = blocks.front().get<int>();
+      info.last_block = blocks.back().get<int>();
     }
-    try {
-      return json::parse(it->second);
-    } catch (const json::exception& e) {
-      throw Error(path + ": metadata " + key + " is not valid JSON (" + e.what() + "); compile the graph again");
-    }
-  };
-  try {
-    json tasks = parse("subtune.tasks", true), size = parse("subtune.input_size", true);
-    json pre = parse("subtune.preprocess", false);
-    m.outputs = parse("subtune.outputs", true).get<std::vector<std::string>>();
-    m.arch = meta.count("subtune.arch") ? meta["subtune.arch"] : "";
-    m.version = meta.count("subtune.version") ? meta["subtune.version"] : "";
-    if (!size.is_array() || size.size() != 2) throw Error(path + ": subtune.input_size is not [H, W]");
-    m.height = size[0].get<int>();
-    m.width = size[1].get<int>();
-    json verified = parse("subtune.verified", false);
-    m.verified = verified.is_boolean() && verified.get<bool>();
-    // Keys this version does not know are ignored: newer compilers may add some.
-    for (const json& t : tasks) {
-      TaskInfo info;
-      info.name = t.at("name").get<std::string>();
-      info.kind = t.value("kind", std::string("delta"));
-      auto blocks = t.value("blocks", json::array());
-      if (!blocks.empty()) {
-        info.first_block = blocks.front().get<int>();
-        info.last_block = blocks.back().get<int>();
+    if (t.contains("tap_points")) info.tap_points = t["tap_points"].get<std::vector<int>>();
+    info.siamese = t.at("siamese").get<bool>();
+    info.num_classes = t.at("num_classes").get<int>();
+    if (t.contains("classes") && t["classes"].is_array()) info.classes = t["classes"].get<std::vector<std::string>>();
+    if (pre.contains(info.name)) {
+      try {
+        info.preprocess = parse_preprocess(pre[info.name], path + ": subtune.preprocess of task " + info.name);
+      } catch (const std::exception& e) {  // the graph still runs; only preprocess() refuses
+        info.preprocess_problem = e.what();
       }
-      if (t.contains("tap_points") && t["tap_points"].is_array()) info.tap_points = t["tap_points"].get<std::vector<int>>();
-      info.siamese = t.value("siamese", false);
-      info.num_classes = t.value("num_classes", 0);
-      if (t.contains("classes") && t["classes"].is_array()) info.classes = t["classes"].get<std::vector<std::string>>();
-      if (pre.is_object() && pre.contains(info.name)) {
-        try {
-          info.preprocess = parse_preprocess(pre[info.name], path + ": subtune.preprocess of task " + info.name);
-        } catch (const std::exception& e) {  // the graph still runs; only preprocess() refuses
-          info.preprocess_problem = e.what();
-        }
-      }
-      m.tasks.push_back(std::move(info));
     }
-  } catch (const json::exception& e) {
-    throw Error(path + ": subtune metadata does not have the expected layout (" + std::string(e.what()) +
-                "); compile the graph again with this subtune version");
+    m.tasks.push_back(std::move(info));
   }
 
   // The graph itself must agree with its metadata.
@@ -156,6 +146,11 @@ Model::Model(const std::string& path, const Options& options) : impl_(std::make_
   if (b.output_names() != m.outputs)
     throw Error(path + ": metadata lists outputs " + join(m.outputs) + " but the graph has " + join(b.output_names()) +
                 "; the file was edited after compiling: compile it again");
+  std::vector<std::string> types = b.output_types();
+  for (size_t i = 0; i < types.size(); ++i)
+    if (types[i] != "float32")
+      throw Error(path + ": output " + m.outputs[i] + " is " + types[i] + ", expected float32 (subtune graphs output "
+                  "float32 logits); the graph was edited or not made by subtune-compile: compile it again");
   for (const auto& t : m.tasks)
     if (std::find(m.outputs.begin(), m.outputs.end(), t.name) == m.outputs.end())
       throw Error(path + ": task " + t.name + " has no output of that name; compile the graph again");
@@ -170,6 +165,8 @@ const std::vector<std::string>& Model::output_names() const { return impl_->outp
 const std::vector<TaskInfo>& Model::tasks() const { return impl_->tasks; }
 const std::string& Model::arch() const { return impl_->arch; }
 const std::string& Model::subtune_version() const { return impl_->version; }
+int Model::metadata_schema() const { return impl_->schema; }
+int Model::newest_metadata_schema() { return detail::graph_metadata_schema_version(); }
 bool Model::verified() const { return impl_->verified; }
 int Model::input_height() const { return impl_->height; }
 int Model::input_width() const { return impl_->width; }
@@ -214,16 +211,23 @@ Outputs Model::run(const Tensor& images) const {
   if (s.size() != 4 || s[1] != 3 || s[2] != impl_->height || s[3] != impl_->width)
     throw Error("images are " + shape_str(s) + ", expected [batch, 3, " + std::to_string(impl_->height) + ", " +
                 std::to_string(impl_->width) + "] (preprocessed, 3 channels, the graph's input size)");
-  int64_t want = s[0] * s[1] * s[2] * s[3];
-  if (static_cast<int64_t>(images.data.size()) != want)
-    throw Error("images hold " + std::to_string(images.data.size()) + " values, their shape " + shape_str(s) +
-                " needs " + std::to_string(want));
-  return run(images.data.data(), s[0]);
+  return run(images.data.data(), images.data.size(), s[0]);
 }
 
-Outputs Model::run(const float* images, int64_t batch) const {
+Outputs Model::run(const std::vector<float>& images, int64_t batch) const {
+  return run(images.data(), images.size(), batch);
+}
+
+Outputs Model::run(const float* images, size_t size, int64_t batch) const {
   if (batch < 1) throw Error("batch " + std::to_string(batch) + ": expected at least one image");
   if (!images) throw Error("images: null pointer");
+  const int64_t per_image = int64_t(3) * impl_->height * impl_->width;
+  const bool too_large = batch > std::numeric_limits<int64_t>::max() / per_image;
+  if (too_large || size != size_t(batch * per_image))
+    throw Error("images hold " + std::to_string(size) + " values, a batch of " + std::to_string(batch) + " needs " +
+                std::to_string(batch) + " x 3 x " + std::to_string(impl_->height) + " x " +
+                std::to_string(impl_->width) + (too_large ? "" : " = " + std::to_string(batch * per_image)) +
+                "; pass the buffer's size and its number of images");
   Outputs result;
   result.tensors = impl_->backend->run(images, {batch, 3, impl_->height, impl_->width});
   result.names = impl_->outputs;

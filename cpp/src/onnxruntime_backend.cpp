@@ -12,37 +12,95 @@
 namespace subtune::detail {
 namespace {
 
-// The API table of the headers' version, checked once; then the process-wide environment.
-Ort::Env& environment() {
-  static std::once_flag once;
-  static std::string failure;
-  static std::unique_ptr<Ort::Env> env;
-  std::call_once(once, [] {
+// The API table of the headers' version, checked once; then the process-wide environment with
+// global thread pools, which every session shares (DisablePerSessionThreads): several models in one
+// process use one intra-op pool, sized by the first model's Options::threads.
+struct Environment {
+  std::mutex mutex;
+  bool initialised = false;
+  std::string failure;
+  std::unique_ptr<Ort::Env> env;
+  int threads = 0;  // the pool's intra-op threads as asked for; 0: ONNX Runtime's default
+};
+
+Environment& environment_state() {
+  static Environment state;
+  return state;
+}
+
+std::string pool_size(int threads) {
+  return threads > 0 ? std::to_string(threads) + " threads" : "ONNX Runtime's default number of threads";
+}
+
+Ort::Env& environment(int threads) {
+  Environment& e = environment_state();
+  std::lock_guard<std::mutex> lock(e.mutex);
+  if (!e.initialised) {
+    e.initialised = true;
     const OrtApiBase* base = OrtGetApiBase();
     const OrtApi* api = base ? base->GetApi(ORT_API_VERSION) : nullptr;
     if (!api) {
-      failure = std::string("the ONNX Runtime library (") + (base ? base->GetVersionString() : "unknown") +
-                ") does not provide API version " + std::to_string(ORT_API_VERSION) +
-                " that subtune was built with: rebuild against headers no newer than the library (cpp/get_sdk.sh)";
-      return;
+      e.failure = std::string("the ONNX Runtime library (") + (base ? base->GetVersionString() : "unknown") +
+                  ") does not provide API version " + std::to_string(ORT_API_VERSION) +
+                  " that subtune was built with: rebuild against headers no newer than the library (cpp/get_sdk.sh)";
+    } else {
+      Ort::InitApi(api);
+      try {
+        Ort::ThreadingOptions pools;
+        pools.SetGlobalIntraOpNumThreads(threads);  // 0: one per physical core
+        pools.SetGlobalInterOpNumThreads(1);        // sessions run sequentially: no inter-op pool
+        e.env = std::make_unique<Ort::Env>(static_cast<const OrtThreadingOptions*>(pools), ORT_LOGGING_LEVEL_ERROR,
+                                           "subtune");
+        e.threads = threads;
+      } catch (const Ort::Exception& ex) {
+        e.failure = std::string("ONNX Runtime could not create its environment (") + first_line(ex.what()) + ")";
+      }
     }
-    Ort::InitApi(api);
-    env = std::make_unique<Ort::Env>(ORT_LOGGING_LEVEL_ERROR, "subtune");
-  });
-  if (!env) throw Error(failure);
-  return *env;
+  }
+  if (!e.env) throw Error(e.failure);
+  if (threads != 0 && threads != e.threads)
+    throw Error("threads " + std::to_string(threads) + ": the models of one process share one ONNX Runtime thread "
+                "pool, made with " + pool_size(e.threads) + " by the first model; pass threads " +
+                (e.threads > 0 ? std::to_string(e.threads) + " or 0" : std::string("0")) + " to share it");
+  return *e.env;
+}
+
+const char* element_type_name(ONNXTensorElementDataType type) {
+  switch (type) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16: return "uint16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return "int16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING: return "string";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return "bool";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32: return "uint32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64: return "uint64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
+    default: return "another element type";
+  }
+}
+
+// An output's element type, or "not a tensor" for a sequence or map output.
+std::string value_type_name(const Ort::TypeInfo& type) {
+  if (type.GetONNXType() != ONNX_TYPE_TENSOR) return "not a tensor";
+  return element_type_name(type.GetTensorTypeAndShapeInfo().GetElementType());
 }
 
 class OnnxRuntimeBackend : public Backend {
  public:
   OnnxRuntimeBackend(const std::string& path, int threads) : path_(path) {
-    Ort::Env& env = environment();  // before any Ort object: even a null one calls the API when destroyed
+    Ort::Env& env = environment(threads);  // before any Ort object: even a null one calls the API when destroyed
     try {
       Ort::SessionOptions so;
       so.SetLogSeverityLevel(3);
       so.SetExecutionMode(ExecutionMode::ORT_SEQUENTIAL);
       so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
-      if (threads > 0) so.SetIntraOpNumThreads(threads);
+      so.DisablePerSessionThreads();  // the environment's global pools
       session_.emplace(env, path.c_str(), so);
       memory_.emplace(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault));
       Ort::AllocatorWithDefaultOptions alloc;
@@ -51,6 +109,7 @@ class OnnxRuntimeBackend : public Backend {
       for (size_t i = 0; i < session_->GetOutputCount(); ++i)
         outputs_.push_back(session_->GetOutputNameAllocated(i, alloc).get());
       for (const auto& n : outputs_) output_ptrs_.push_back(n.c_str());
+      for (size_t i = 0; i < outputs_.size(); ++i) output_types_.push_back(value_type_name(session_->GetOutputTypeInfo(i)));
       if (!inputs_.empty()) {
         Ort::TypeInfo type = session_->GetInputTypeInfo(0);  // owns what `info` views
         auto info = type.GetTensorTypeAndShapeInfo();
@@ -69,6 +128,7 @@ class OnnxRuntimeBackend : public Backend {
   bool input_is_float32() const override { return float_input_; }
   std::vector<int64_t> input_shape() const override { return shape_; }
   std::vector<std::string> output_names() const override { return outputs_; }
+  std::vector<std::string> output_types() const override { return output_types_; }
 
   std::vector<Tensor> run(const float* images, const std::array<int64_t, 4>& shape) override {
     size_t count = size_t(shape[0] * shape[1] * shape[2] * shape[3]);
@@ -81,8 +141,12 @@ class OnnxRuntimeBackend : public Backend {
       auto values = session_->Run(Ort::RunOptions{nullptr}, &in_name, &input, 1, output_ptrs_.data(),
                                   output_ptrs_.size());
       result.reserve(values.size());
-      for (auto& v : values) {
+      for (size_t i = 0; i < values.size(); ++i) {
+        Ort::Value& v = values[i];
         auto info = v.GetTensorTypeAndShapeInfo();
+        if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)  // checked at load; never read as float
+          throw Error(path_ + ": output " + outputs_[i] + " came back as " + element_type_name(info.GetElementType()) +
+                      ", expected float32");
         Tensor t;
         t.shape = info.GetShape();
         const float* p = v.GetTensorData<float>();
@@ -100,7 +164,7 @@ class OnnxRuntimeBackend : public Backend {
   std::string path_;
   std::optional<Ort::Session> session_;
   std::optional<Ort::MemoryInfo> memory_;
-  std::vector<std::string> inputs_, outputs_;
+  std::vector<std::string> inputs_, outputs_, output_types_;
   std::vector<const char*> output_ptrs_;
   std::vector<int64_t> shape_;
   bool float_input_ = false;

@@ -17,7 +17,10 @@ class OpenVinoBackend : public Backend {
     try {
       std::shared_ptr<ov::Model> model = core().read_model(path);
       for (const auto& in : model->inputs()) inputs_.push_back(in.get_any_name());
-      for (const auto& out : model->outputs()) outputs_.push_back(out.get_any_name());
+      for (const auto& out : model->outputs()) {
+        outputs_.push_back(out.get_any_name());
+        output_types_.push_back(type_name(out.get_element_type()));
+      }
       if (!inputs_.empty()) {
         float_input_ = model->input(0).get_element_type() == ov::element::f32;
         for (const auto& d : model->input(0).get_partial_shape()) shape_.push_back(d.is_static() ? d.get_length() : -1);
@@ -41,6 +44,7 @@ class OpenVinoBackend : public Backend {
   bool input_is_float32() const override { return float_input_; }
   std::vector<int64_t> input_shape() const override { return shape_; }
   std::vector<std::string> output_names() const override { return outputs_; }
+  std::vector<std::string> output_types() const override { return output_types_; }
 
   std::vector<Tensor> run(const float* images, const std::array<int64_t, 4>& shape) override {
     std::lock_guard<std::mutex> lock(mutex_);  // one infer request: one run at a time
@@ -51,6 +55,9 @@ class OpenVinoBackend : public Backend {
       request_.infer();
       for (size_t i = 0; i < outputs_.size(); ++i) {
         ov::Tensor out = request_.get_output_tensor(i);
+        if (out.get_element_type() != ov::element::f32)  // checked at load; never read as float
+          throw Error(path_ + ": output " + outputs_[i] + " came back as " + type_name(out.get_element_type()) +
+                      ", expected float32");
         Tensor t;
         for (size_t d : out.get_shape()) t.shape.push_back(int64_t(d));
         const float* p = out.data<const float>();
@@ -65,6 +72,18 @@ class OpenVinoBackend : public Backend {
   }
 
  private:
+  // ONNX's numpy-style names for OpenVINO's element types (f32 -> float32).
+  static std::string type_name(const ov::element::Type& type) {
+    static const std::pair<ov::element::Type, const char*> names[] = {
+        {ov::element::f32, "float32"}, {ov::element::f16, "float16"}, {ov::element::bf16, "bfloat16"},
+        {ov::element::f64, "float64"}, {ov::element::i8, "int8"},     {ov::element::u8, "uint8"},
+        {ov::element::i16, "int16"},   {ov::element::u16, "uint16"},  {ov::element::i32, "int32"},
+        {ov::element::u32, "uint32"},  {ov::element::i64, "int64"},   {ov::element::u64, "uint64"},
+        {ov::element::boolean, "bool"}};
+    for (const auto& [t, name] : names)
+      if (t == type) return name;
+    return type.get_type_name();
+  }
   static ov::Core& core() {
     static ov::Core instance;
     return instance;
@@ -73,7 +92,7 @@ class OpenVinoBackend : public Backend {
   std::mutex mutex_;
   ov::CompiledModel compiled_;
   ov::InferRequest request_;
-  std::vector<std::string> inputs_, outputs_;
+  std::vector<std::string> inputs_, outputs_, output_types_;
   std::vector<int64_t> shape_;
   bool float_input_ = false;
 };

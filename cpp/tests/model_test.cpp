@@ -8,6 +8,13 @@
 //       the preprocessed [3, H, W] tensor of one image, for comparison with subtune's Python loader.
 //   subtune-model-test runtimes
 //       the runtimes this build has, on one line.
+//   subtune-model-test definition
+//       the graph-metadata definition the library embedded at build time, as it is.
+//   subtune-model-test shared MODEL N THREADS
+//       load MODEL N times in one process (ONNX Runtime, THREADS intra-op threads) and print the
+//       process's thread count after the first and after the last model as JSON; the models run
+//       at once from N threads and must give the first model's outputs; a model asking for another
+//       thread count must be refused in one line.
 //   subtune-model-test checks MODEL
 //       the API's own behaviour: bad shapes and batch 0 throw subtune::Error, unknown outputs
 //       throw, batch independence, top_k order, moves. Prints one line per failed check; exit 1 if any.
@@ -19,10 +26,16 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
+#include <dirent.h>
 
 #include "subtune/image.hpp"
 #include "subtune/model.hpp"
+
+namespace subtune::detail {
+extern const char* const kGraphMetadataDefinition;  // generated from subtune/graph_metadata.schema.json
+}
 
 namespace {
 
@@ -56,6 +69,7 @@ std::string meta_json(const subtune::Model& m) {
   o << "{\"outputs\": [";
   for (size_t i = 0; i < m.output_names().size(); ++i) o << (i ? ", " : "") << q(m.output_names()[i]);
   o << "], \"arch\": " << q(m.arch()) << ", \"version\": " << q(m.subtune_version())
+    << ", \"schema\": " << m.metadata_schema() << ", \"newest_schema\": " << subtune::Model::newest_metadata_schema()
     << ", \"verified\": " << (m.verified() ? "true" : "false") << ", \"input_size\": ["
     << m.input_height() << ", " << m.input_width() << "], \"tasks\": [";
   for (size_t i = 0; i < m.tasks().size(); ++i) {
@@ -159,9 +173,9 @@ int cmd_checks(int argc, char** argv) {
   for (float& v : x) v = normal(rng);
 
   // Batch 4 at once equals each image alone (the graph's batch split must not mix images).
-  subtune::Outputs four = model.run(x.data(), 4);
+  subtune::Outputs four = model.run(x, 4);
   for (int i = 0; i < 4; ++i) {
-    subtune::Outputs one = model.run(x.data() + i * per, 1);
+    subtune::Outputs one = model.run(x.data() + i * per, per, 1);
     for (size_t o = 0; o < one.size(); ++o) {
       const auto& a = one.tensors[o];
       const auto& b = four.tensors[o];
@@ -177,7 +191,13 @@ int cmd_checks(int argc, char** argv) {
   }
   check(four.at("base").shape[0] == 4, "outputs keep the batch");
 
-  expect_error([&] { model.run(x.data(), 0); }, "batch 0", "batch 0");
+  expect_error([&] { model.run(x, 0); }, "batch 0", "batch 0");
+  // The buffer's size is checked against the batch: too little data is never read past its end,
+  // too much is not silently cut.
+  expect_error([&] { model.run(x.data(), per * 4 - 1, 4); }, "a buffer one value short", "needs 4 x 3 x");
+  expect_error([&] { model.run(x.data(), per * 4, 3); }, "a buffer larger than the batch", "needs 3 x 3 x");
+  expect_error([&] { model.run(x, 5); }, "a batch larger than the vector", "images hold " + std::to_string(per * 4));
+  expect_error([&] { model.run(nullptr, 0, 1); }, "a null buffer", "null pointer");
   expect_error([&] { model.run(subtune::Tensor{{1, 1, h, w}, std::vector<float>(size_t(h) * w)}); },
                "one channel", "expected [batch, 3");
   expect_error([&] { model.run(subtune::Tensor{{1, 3, h + 1, w}, std::vector<float>(size_t(3) * (h + 1) * w)}); },
@@ -194,9 +214,60 @@ int cmd_checks(int argc, char** argv) {
   check(subtune::top_k(row, 5, 10).size() == 5, "top_k caps k at n");
 
   subtune::Model moved = std::move(model);
-  check(moved.run(x.data(), 1).at("base").shape[0] == 1, "a moved model runs");
+  check(moved.run(x.data(), per, 1).at("base").shape[0] == 1, "a moved model runs");
 
   std::cout << "subtune-model-test: " << passed << " checks passed, " << failures << " failed\n";
+  return failures ? 1 : 0;
+}
+
+// Threads of this process: the entries of /proc/self/task.
+int thread_count() {
+  DIR* dir = opendir("/proc/self/task");
+  if (!dir) throw subtune::Error("/proc/self/task: cannot list this process's threads");
+  int n = 0;
+  while (dirent* e = readdir(dir))
+    if (e->d_name[0] != '.') ++n;
+  closedir(dir);
+  return n;
+}
+
+int cmd_shared(int argc, char** argv) {
+  if (argc < 5) throw subtune::Error("usage: shared MODEL N THREADS");
+  const int n = std::stoi(argv[3]);
+  subtune::Options opt;
+  opt.threads = std::stoi(argv[4]);
+  std::vector<subtune::Model> models;
+  models.emplace_back(argv[2], opt);
+  const size_t per = size_t(3) * models[0].input_height() * models[0].input_width();
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(per * 2);
+  for (float& v : x) v = normal(rng);
+  subtune::Outputs reference = models[0].run(x, 2);
+  const int after_first = thread_count();
+  for (int i = 1; i < n; ++i) models.emplace_back(argv[2], i % 2 ? subtune::Options{0} : opt);
+  const int after_all = thread_count();
+
+  std::vector<subtune::Outputs> outs(models.size());
+  std::vector<std::thread> workers;
+  for (size_t i = 0; i < models.size(); ++i) workers.emplace_back([&, i] { outs[i] = models[i].run(x, 2); });
+  for (auto& w : workers) w.join();
+  for (size_t i = 0; i < outs.size(); ++i)
+    for (size_t o = 0; o < reference.size(); ++o) {
+      const auto& a = outs[i].tensors[o].data;
+      const auto& b = reference.tensors[o].data;
+      double err = 0, scale = 1e-12;
+      for (size_t k = 0; k < b.size(); ++k) {
+        err = std::max(err, double(std::fabs(a[k] - b[k])));
+        scale = std::max(scale, double(std::fabs(b[k])));
+      }
+      check(a.size() == b.size() && err <= 1e-6 * scale,
+            "model " + std::to_string(i) + " output " + reference.names[o] + " run at once with the others");
+    }
+  expect_error([&] { subtune::Model(argv[2], subtune::Options{opt.threads + 1}); }, "another thread count",
+               "share one ONNX Runtime thread pool");
+  std::cout << "{\"threads_after_first\": " << after_first << ", \"threads_after_all\": " << after_all
+            << ", \"models\": " << models.size() << ", \"failed\": " << failures << "}\n";
   return failures ? 1 : 0;
 }
 
@@ -208,6 +279,11 @@ int main(int argc, char** argv) {
     if (cmd == "run") return cmd_run(argc, argv);
     if (cmd == "preprocess") return cmd_preprocess(argc, argv);
     if (cmd == "checks") return cmd_checks(argc, argv);
+    if (cmd == "shared") return cmd_shared(argc, argv);
+    if (cmd == "definition") {
+      std::cout << subtune::detail::kGraphMetadataDefinition;
+      return 0;
+    }
     if (cmd == "runtimes") {
       std::cout << "onnxruntime" << (subtune::Model::runtime_available(subtune::Runtime::openvino) ? " openvino" : "")
                 << "\n";

@@ -205,7 +205,7 @@ int infer(const Args& a, const subtune::Model& model) {
     x.resize(per_image * batch);
     for (long i = 0; i < batch; ++i) subtune::load_preprocessed(a.images[i], *pre, x.data() + i * per_image);
   }
-  subtune::Outputs out = model.run(x.data(), batch);
+  subtune::Outputs out = model.run(x, batch);
 
   size_t width = 0;
   for (const auto& n : out.names) width = std::max(width, n.size());
@@ -255,13 +255,13 @@ double percentile(const std::vector<double>& sorted, double q) {  // NumPy's lin
 int bench(const Args& a, const subtune::Model& model) {
   long batch = a.batch == -1 ? 1 : a.batch;
   std::vector<float> x = random_batch(model, batch, a.seed);
-  for (long i = 0; i < a.warmup; ++i) model.run(x.data(), batch);
+  for (long i = 0; i < a.warmup; ++i) model.run(x, batch);
   std::vector<std::vector<double>> samples(a.repeats);
   for (long r = 0; r < a.repeats; ++r) {
     samples[r].resize(a.iters);
     for (long i = 0; i < a.iters; ++i) {
       auto start = std::chrono::steady_clock::now();
-      model.run(x.data(), batch);
+      model.run(x, batch);
       samples[r][i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     }
   }

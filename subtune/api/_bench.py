@@ -67,13 +67,14 @@ def benchmark(model: str | os.PathLike, *, batches: Sequence[int] = (1,), protoc
     from subtune.machine import usable_cores
     from subtune.runtimes import ENGINE_SUFFIXES, runner_for_file
 
-    batches = list(_batches(batches, "--batch"))
+    batches = list(_batches(batches, "`batches`"))
     protocol = _protocol(protocol, warmup, iters, repeats, paper_protocol)
     _threads(threads)
     json_path = _writable(json)
     path = str(model)
     if path.endswith((".pt", ".pth")):
-        raise SubtuneError(f"{path} is a subtune base/task file: time a compiled .onnx model, or use --compare BASE TASK...")
+        raise SubtuneError(f"{path} is a subtune base/task file: time a compiled .onnx model, or compare a base and its "
+                           "tasks (benchmark_compare, `compare`)")
     threads = threads or usable_cores()
     engine = path.endswith(ENGINE_SUFFIXES)
     runner = runner_for_file(path, provider=provider, threads=None if engine else threads, cuda_graph=cuda_graph)
@@ -98,15 +99,15 @@ def benchmark_compare(base: "str | os.PathLike | BaseModel", tasks: "Sequence[st
     (it sizes the process-wide thread pool). json, plot: write the result / a figure there."""
     from subtune.benchmarking.compare import run_compare
 
-    batches = list(_batches(batches, "--batch"))
+    batches = list(_batches(batches, "`batches`"))
     protocol = _protocol(protocol, warmup, iters, repeats, paper_protocol)
     _threads(threads)
     json_path, plot_path = _outputs(json, plot)
     tasks = [tasks] if isinstance(tasks, (str, os.PathLike)) else list(tasks)
     if not tasks:
-        raise SubtuneError("--compare needs a base file and at least one task file")
+        raise SubtuneError("`compare` needs a base file and at least one task file")
     spec = _runtime_spec(runtime, provider, device, cuda_graph, batches)
-    counts = list(_batches(task_counts, "--task-counts")) if task_counts else None
+    counts = list(_batches(task_counts, "`task_counts`")) if task_counts else None
     base_model = _load_base(base)
     task_models = [_load_task(t) for t in tasks]
     result = run_compare(base_model, task_models, batches=batches, protocol=protocol, runtime=spec, task_counts=counts,
@@ -127,7 +128,7 @@ def benchmark_profile(base: "str | os.PathLike | BaseModel", profile: str | os.P
     accurate window adding at most this (None when none does)."""
     from subtune.benchmarking.tradeoff import load_profile, measure_tradeoff
 
-    (batch,) = _batches((batch,), "--batch")
+    (batch,) = _batches((batch,), "`batch`")
     protocol = _protocol(protocol, warmup, iters, repeats, paper_protocol)
     _threads(threads)
     json_path, plot_path = _outputs(json, plot)
@@ -164,7 +165,7 @@ def _protocol(protocol, warmup, iters, repeats, paper_protocol):
 
     if protocol is not None:
         if not isinstance(protocol, Protocol):
-            raise SubtuneError(f"protocol: expected a subtune.benchmarking.harness.Protocol, found {type(protocol).__name__}")
+            raise SubtuneError(f"`protocol`: expected a subtune.benchmarking.harness.Protocol, found {type(protocol).__name__}")
         return protocol
     return protocol_from_flags(SimpleNamespace(paper_protocol=paper_protocol, warmup=warmup, iters=iters,
                                                repeats=repeats))
@@ -172,7 +173,7 @@ def _protocol(protocol, warmup, iters, repeats, paper_protocol):
 
 def _threads(threads) -> None:
     if threads is not None and threads < 1:
-        raise SubtuneError(f"--threads must be at least 1, found {threads}")
+        raise SubtuneError(f"`threads` must be at least 1, found {threads}")
 
 
 def _writable(path) -> Path | None:
@@ -184,7 +185,7 @@ def _writable(path) -> Path | None:
 def _outputs(json_path, plot_path) -> tuple[Path | None, Path | None]:
     json_path, plot_path = _writable(json_path), _writable(plot_path)
     if json_path and plot_path and json_path.resolve() == plot_path.resolve():
-        raise SubtuneError(f"--json and --plot both name {json_path}; choose two files")
+        raise SubtuneError(f"`json` and `plot` both name {json_path}; choose two files")
     return json_path, plot_path
 
 
@@ -193,19 +194,19 @@ def _runtime_spec(runtime: str, provider, device, cuda_graph: bool, batches: lis
 
     runtime = runtime or "onnxruntime"
     if runtime not in RUNTIMES:
-        raise SubtuneError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+        raise SubtuneError(f"`runtime` {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     if provider and runtime != "onnxruntime":
-        raise SubtuneError(f"--provider applies to --runtime onnxruntime, not {runtime}")
+        raise SubtuneError(f"`provider` applies to `runtime` onnxruntime, not {runtime}")
     if device and runtime != "torch":
-        raise SubtuneError(f"--device applies to --runtime torch, not {runtime} (ONNX Runtime takes --provider)")
+        raise SubtuneError(f"`device` applies to `runtime` torch, not {runtime} (ONNX Runtime takes `provider`)")
     if cuda_graph and runtime != "tensorrt":
-        raise SubtuneError("--cuda-graph applies to --runtime tensorrt")
+        raise SubtuneError("`cuda_graph` applies to `runtime` tensorrt")
     if runtime == "tensorrt":
         from subtune.runtimes.tensorrt import tensorrt_unavailable_reason
 
         reason = tensorrt_unavailable_reason()
         if reason:
-            raise SubtuneError(f"--runtime tensorrt: {reason}")
+            raise SubtuneError(f"`runtime` tensorrt: {reason}")
     # TensorRT engines get one profile spanning the timed batch sizes, tuned for the largest
     return RuntimeSpec(runtime, provider=provider or "cpu", device=device or "cpu",
                        cuda_graph=cuda_graph, batch_range=(min(batches), max(batches), max(batches)))

@@ -52,7 +52,7 @@ def _image_size(size) -> tuple[int, int] | None:
         return None
     values = (size,) if isinstance(size, int) else tuple(size)
     if len(values) not in (1, 2) or not all(isinstance(v, int) and v >= 1 for v in values):
-        raise SubtuneError(f"image size expects H or (H, W) in pixels, found {size!r}")
+        raise SubtuneError(f"`image_size` expects H or (H, W) in pixels, found {size!r}")
     return (values[0], values[-1])
 
 
@@ -73,7 +73,7 @@ def report_path(report, out: Path | None, suffix: str) -> Path | None:
         report = out.with_suffix(suffix)
     path = check_writable(Path(report))
     if out is not None and Path(path).resolve() == Path(out).resolve():
-        raise SubtuneError(f"--report {path} is the same file as -o {out}: choose another report path")
+        raise SubtuneError(f"`report` {path} is the same file as `output` {out}: choose another report path")
     return Path(path)
 
 

@@ -32,6 +32,7 @@ ENGINE_SUFFIXES = (".plan", ".engine")
 # scale, by the graph's precision. fp32 engines are built without TF32 (Polygraphy's default).
 # UNRUN: no TensorRT where this was written; these are bounds, not measurements.
 ENGINE_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 5e-2}
+DEFAULT_BATCH_RANGE = (1, 8, 32)  # the engine's batch profile: MIN, OPT, MAX
 
 
 @dataclass
@@ -42,11 +43,18 @@ class CompileResult:
     files: list[Path]  # every file written, the output first (external data, the .onnx beside an engine, the report)
     report: dict[str, Any]  # what the JSON report holds
     report_path: Path | None  # None when no report was asked for
-    plan: "Plan" = field(repr=False)  # the compiler's state, the onnx-ir graph in plan.onnx
+    # The compiler's state (the onnx-ir graph in plan.onnx, the models, the tasks: gigabytes for a
+    # large model), kept only when compile(..., keep_plan=True); None otherwise.
+    plan: "Plan | None" = field(default=None, repr=False)
 
     @property
     def outputs(self) -> list[str]:
         return list(self.report["outputs"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of the graph's input `images`."""
+        return tuple(self.report["input_size"])
 
     @property
     def verified(self) -> bool:
@@ -63,8 +71,9 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
             image_size: int | tuple[int, int] | None = None, report: bool | str | os.PathLike = True,
             prune: "float | PruneOptions | None" = None, precision: "PrecisionOptions | None" = None,
             check_tensorrt: bool = True, external_data: bool | None = None,
-            batch_range: tuple[int, int, int] = (1, 8, 32), engine_tolerance: float | None = None,
-            progress: bool = False) -> CompileResult:
+            batch_range: tuple[int, int, int] | None = None, engine_tolerance: float | None = None,
+            task_select: bool = False, progress: bool = False,
+            keep_plan: bool = False) -> CompileResult:
     """Compile a base and task deltas into one multi-task graph at `output`.
 
     base, tasks: file paths or objects from `subtune.formats` (load_base/make_base,
@@ -82,6 +91,18 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
     prune, precision: see `subtune prune` / `--precision` (PruneOptions, PrecisionOptions);
         a float prune is the fraction of channels to remove.
     check_tensorrt: the static TensorRT-compatibility check, after verification.
+    task_select: give the graph a second input `tasks` (bool [batch, k], one column per task in
+        output order) so that each image computes the base plus only the tasks it asks for; a
+        task's output is NaN in the rows that did not ask for it (docs/task-selection.md; run it
+        with subtune.load_graph). ONNX output only for now.
+    batch_range: (MIN, OPT, MAX) batch of the TensorRT engine's profile (default (1, 8, 32));
+        engine outputs only: an .onnx graph takes any batch, so it is refused there.
+    keep_plan: keep the compiler's state in `result.plan` (the onnx-ir graph, the models; it can
+        take gigabytes); by default it is released when compile returns.
+
+    The options passed in are not changed (`precision` is resolved into a new object, recorded in
+    the report). Parameters that cannot work are refused before any work: for instance int8 in
+    `int8_target` cpu form for an engine, which TensorRT would refuse only inside its build.
     """
     if output is None:
         raise SubtuneError("compile needs an output path: model.onnx, or engine.plan for TensorRT")
@@ -95,6 +116,9 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
     engine = out.suffix in ENGINE_SUFFIXES
     if out.suffix != ".onnx" and not engine:
         raise SubtuneError(f"output {out}: expected a .onnx file, or .plan/.engine for TensorRT")
+    if task_select and engine:
+        raise SubtuneError(f"task selection is built for ONNX Runtime for now, not TensorRT engines ({out}): "
+                           "write -o model.onnx")
     onnx_path = out.with_suffix(".onnx") if engine else out
     report_path = None if report is False else out.with_suffix(".report.json") if report is True else Path(report)
     written = [out, onnx_path, external_data_path(onnx_path)] if engine else [out, external_data_path(out)]
@@ -102,20 +126,22 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
         check_writable(report_path)
         clash = next((p for p in written if _same_file(p, report_path)), None)
         if clash is not None:
-            raise SubtuneError(f"--report {report_path} is the same file as the model output {clash}: "
+            raise SubtuneError(f"`report` {report_path} is the same file as the model output {clash}: "
                                "choose another report path")
-    batches = _batches(verify_batches, "verify_batches")
+    batches = _batches(verify_batches, "`verify_batches`")
     size = _image_size(image_size)
+    if batch_range is not None and not engine:
+        raise SubtuneError(f"`batch_range` sets a TensorRT engine's batch profile; {out} is an ONNX graph, which takes "
+                           "any batch size: drop it, or write an engine (.plan)")
+    prune_options = _prune_options(prune)
+    if precision is not None:
+        precision = precision.check(engine=engine)  # a new object: auto becomes the tensorrt form for engines
     if engine:
         from subtune.runtimes.tensorrt import check_batch_range, tensorrt_unavailable_reason
 
-        batch_range = check_batch_range(batch_range)
+        batch_range = check_batch_range(batch_range if batch_range is not None else DEFAULT_BATCH_RANGE)
         if reason := tensorrt_unavailable_reason():
             raise SubtuneError(f"cannot build {out}: {reason}; use -o model.onnx for the CPU path (ONNX Runtime)")
-    prune_options = _prune_options(prune)
-    if precision is not None:
-        precision.engine = precision.engine or engine  # --int8-target auto: the tensorrt form for engines
-        precision = precision.check()
 
     from subtune.compiler.pipeline import CompileOptions
     from subtune.compiler.plan import Plan
@@ -124,7 +150,7 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
     task_list = [_load_task(t) for t in tasks]
     plan = Plan(base_model, task_list, input_size=size)
     options = CompileOptions(verify=verify, verify_batches=batches, tolerance=tolerance, prune=prune_options,
-                             precision=precision, check_tensorrt=check_tensorrt)
+                             precision=precision, check_tensorrt=check_tensorrt, task_select=bool(task_select))
     try:
         _run_pipeline(plan, options, progress, len(task_list))
     except VerificationError as e:
@@ -153,7 +179,7 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
         write_text(report_path, json.dumps(result_report, indent=2))
         files.append(report_path)
     log.info("wrote %s", ", ".join(str(f) for f in files))
-    return CompileResult(out, files, result_report, report_path, plan)
+    return CompileResult(out, files, result_report, report_path, plan if keep_plan else None)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -190,7 +216,7 @@ def _write_engine(plan, out: Path, onnx_path: Path, batch_range, batches, extern
     against the ONNX in ONNX Runtime before either file is kept."""
     from subtune.atomic import atomic_files, atomic_path
     from subtune.compiler.export import external_data_path, needs_external_data, write_onnx
-    from subtune.runtimes.tensorrt import build_engine, compare_engine
+    from subtune.runtimes.tensorrt import build_engine, compare_engine, onnx_graph_sha256, record_engine
 
     lo, _, hi = batch_range
     compare_at = tuple(b for b in batches if lo <= b <= hi) or tuple(sorted({lo, hi}))
@@ -200,14 +226,17 @@ def _write_engine(plan, out: Path, onnx_path: Path, batch_range, batches, extern
     data = external_data_path(onnx_path)
     with atomic_files(onnx_path, data) as (tmp_onnx, _), atomic_path(out) as tmp_engine:
         write_onnx(plan.onnx, tmp_onnx, external=external)
+        graph_sha256 = onnx_graph_sha256(tmp_onnx)  # the engine's name: it says which graph it was built from
         build_engine(tmp_onnx, tmp_engine, input_size=plan.input_size, batch_range=batch_range,
-                     strongly_typed=precision is not None)
+                     strongly_typed=precision is not None, network_name=graph_sha256)
         checks = compare_engine(tmp_engine, tmp_onnx, plan.output_names, input_size=plan.input_size,
                                 batches=compare_at, tolerance=tolerance)
+        record = record_engine(tmp_onnx, tmp_engine, batch_range=batch_range, graph_sha256=graph_sha256)
     if not external and data.is_file():
         data.unlink()  # a stale weights file of an earlier compile
     files = [out, onnx_path] + ([data] if external else [])
     return files, {"runtime": "TensorRT", "onnx": str(onnx_path), "batch_range": list(batch_range),
+                   "sha256": record["sha256"], "graph_sha256": graph_sha256,
                    "strongly_typed": precision is not None,
                    "comparison": {"against": "the verified ONNX graph in ONNX Runtime CPU", "tolerance": tolerance,
                                   "checks": checks}}

@@ -25,6 +25,7 @@ from subtune.errors import SubtuneError
 if TYPE_CHECKING:
     from subtune.models import BaseModel
     from subtune.training.data import ImageDataset
+    from subtune.training.options import DataOptions, Method, RayOptions, TrainingOptions
     from subtune.training.profile import Profile
 
 log = logging.getLogger("subtune")
@@ -71,73 +72,102 @@ class ProfileResult:
 def profile(base: "str | os.PathLike | BaseModel", data: "str | Sequence[ImageDataset]",
             output: str | os.PathLike | None = None, *, window: int = 1, seeds: Sequence[int] | None = None,
             starts: Sequence[int] | None = None, siamese: bool = False,
-            baselines: "bool | str | Iterable[str] | None" = None, runs: str | os.PathLike | None = None,
-            ray: str | None = None, ray_cpus_per_run: float = 1, ray_gpus_per_run: float = 0,
-            image_size: int | None = None, limit: int | None = None, val_split: float | None = None,
-            data_seed: int = 0, label_map: str | dict | None = None, test: bool = False,
-            test_limit: int | None = None, epochs: int | None = None, lr: float = 1e-3, weight_decay: float = 0.01,
-            batch_size: int = 256, seed: int = 0, augment: str = "none", freeze_bn: bool = False,
-            cache: bool = True, cache_dir: str | None = None, cache_memory: float | None = None,
-            threads: int | None = None, plot: bool | str | os.PathLike = True,
-            on_progress: Callable[[str], None] | None = None, progress: bool = False) -> ProfileResult:
+            baselines: "bool | str | Iterable[str | Method] | None" = None, runs: str | os.PathLike | None = None,
+            plot: bool | str | os.PathLike = True, data_options: "DataOptions | None" = None,
+            training: "TrainingOptions | None" = None, ray: "RayOptions | str | None" = None,
+            threads: int | None = None, on_progress: Callable[[str], None] | None = None,
+            progress: bool = False) -> ProfileResult:
     """The finetuning profile of `base` (a path or a loaded BaseModel) on `data`.
 
-    data: a dataset spec as `subtune profile --data` takes it, or loaded splits (train, val) or
-        (train, val, test) from subtune.training.data.load_dataset (as for `subtune.train`).
+    data: a dataset spec, read as `data_options` says (DataOptions), or loaded splits (train,
+        val) or (train, val, test) from subtune.training.data.load_dataset (as for `subtune.train`).
     output: the profile JSON to write; None keeps it in memory (result.report), with no PNG
         unless `plot` is a path and no runs folder unless `runs` is given.
-    window: consecutive blocks per run (the command offers 1, 2 or 3); starts: only windows starting at these blocks
-        (default all); seeds: training seeds, mean and std per window (default [seed]).
-    baselines: True (linear, full), or a comma list / list of linear, head2toe, lora, full.
+    window: consecutive blocks per SubTuning run (1, 2 or 3 on the command line); starts: only
+        windows starting at these blocks (default all); seeds: training seeds, mean and std per
+        window (default [training.seed]); siamese: Siamese SubTuning (§5.1).
+    baselines: one row each beside the windows, with their default settings: True (Linear,
+        Full), a comma list of linear, head2toe, lora (on every block), full, or a list of those
+        names or option objects (Linear(), Head2Toe(), LoRA(), Full()).
     runs: the folder of finished runs (default: beside the output, `<stem>.runs`); a rerun with
         the same settings skips the runs in it.
     plot: True writes `<output stem>.png` beside the output, a path writes it there, False none.
-    ray: "local", "auto" or HOST:PORT: each run a Ray task declaring ray_cpus_per_run CPUs (also
-        its torch threads) and ray_gpus_per_run GPUs.
+    training: TrainingOptions (the schedule, cached activations); default: the paper's Appendix A.
+    ray: each run a Ray task: an address ("local", "auto", HOST:PORT) or RayOptions (each run
+        declares cpus_per_run CPUs, also its torch threads, and gpus_per_run GPUs).
+    threads: torch's intra-op CPU threads for this call; torch's own count is restored after it.
     on_progress: called with each progress line (also logged at INFO on the "subtune" logger):
         the data, the plan, where the runs go, then one line per profile row as its seeds finish.
     progress: a progress bar on stderr (tqdm; off where stderr is not a terminal).
-    The rest are the training options of `subtune profile --help` (defaults: the paper's Appendix A).
 
     Raises ProfileInterrupted (a KeyboardInterrupt) on Ctrl-C during the runs; every finished
-    run is then on disk in the runs folder, and the same call again resumes.
+    run is then on disk in the runs folder, and the same call again resumes. Like
+    `subtune.train`, errors name these parameters and the call leaves the process as it found it.
     """
-    from subtune.api._train import _prepare, _split_datasets, _trainer
+    from subtune.api._train import _options, process_state
+    from subtune.training.options import DataOptions, TrainingOptions, ray_options
 
-    _prepare(threads)
+    training = _options(training, TrainingOptions, "training")
+    data_options = _options(data_options, DataOptions, "data_options")
+    ray = ray_options(ray)
     from subtune.atomic import check_writable
-    from subtune.training.profile import baseline_names, profile_specs
+    from subtune.training.profile import baseline_names
 
     out = check_writable(Path(output)) if output is not None else None
     if plot is True:
         plot = out.with_suffix(".png") if out is not None else False
     png = check_writable(Path(plot)) if plot else None
     if png is not None and out is not None and (png == out or png.resolve() == out.resolve()):
-        raise SubtuneError(f"--plot {png} is the JSON output; choose another file")
-    seed_list = _ints(seeds, "--seeds") if seeds is not None else [seed]
-    start_list = _ints(starts, "--starts") if starts is not None else None
-    baselines = baseline_names(baselines)  # a one-line error for an unknown name, before any work
-    if ray:  # before any work: Ray installed, and the resources each run declares
+        raise SubtuneError(f"`plot` {png} is the JSON `output`; choose another file")
+    seed_list = _ints(seeds, "seeds") if seeds is not None else [training.seed]
+    start_list = _ints(starts, "starts") if starts is not None else None
+    baselines = baseline_names(_baseline_names(baselines))  # a one-line error for an unknown name, before any work
+    if ray is not None:  # before any work: Ray installed
         from subtune.sweeps.ray_executor import import_ray
 
         import_ray()
-        if ray_cpus_per_run <= 0 or ray_gpus_per_run < 0:
-            raise SubtuneError("--ray-cpus-per-run must be positive and --ray-gpus-per-run non-negative")
     folder = Path(runs) if runs is not None else out.with_suffix(".runs") if out is not None else None
     if folder is not None:
         from subtune.sweeps import RunLog
 
         RunLog(folder, {})  # only its checks: a file, or a parent that cannot take the folder
+    with process_state(threads):
+        return _profile(base, data, out, png, folder, window=window, seed_list=seed_list, start_list=start_list,
+                        siamese=siamese, baselines=baselines, data_options=data_options, training=training, ray=ray,
+                        on_progress=on_progress, progress=progress)
+
+
+def _baseline_names(baselines):
+    """Names, or option objects with their default settings (what a baseline runs) -> names."""
+    if baselines is None or isinstance(baselines, (bool, str)):
+        return baselines
+    from subtune.training.options import METHODS, is_default
+
+    names = []
+    for b in baselines:
+        if isinstance(b, str):
+            names.append(b)
+        elif isinstance(b, tuple(METHODS.values())) and b.mode != "subtune":
+            if not is_default(b):
+                raise SubtuneError(f"`baselines`: {b!r} differs from the defaults, and a profile runs each baseline "
+                                   "with its defaults (LoRA on every block); train it with subtune.train instead")
+            names.append(b.mode)
+        else:
+            raise SubtuneError(f"`baselines`: expected linear, head2toe, lora, full or Linear(), Head2Toe(), LoRA(), "
+                               f"Full(), found {b!r} (the windows are the SubTuning runs)")
+    return names
+
+
+def _profile(base, data, out, png, folder, *, window, seed_list, start_list, siamese, baselines, data_options,
+             training, ray, on_progress, progress) -> ProfileResult:
+    from subtune.api._train import _split_datasets, _trainer
+    from subtune.training.profile import profile_specs
 
     base_model = _load_base(base)
     _, backbone = base_model.build()
     specs = profile_specs(backbone.num_blocks, window=window, seeds=seed_list, starts=start_list, siamese=siamese,
                           baselines=baselines)  # also checks that the windows fit
-    trainer = _trainer(base_model, data, image_size=image_size, limit=limit, val_split=val_split, data_seed=data_seed,
-                       label_map=label_map, test=test, test_limit=test_limit, epochs=epochs, lr=lr,
-                       weight_decay=weight_decay, batch_size=batch_size, seed=seed, augment=augment,
-                       freeze_bn=freeze_bn, cache=cache, cache_dir=cache_dir, cache_memory=cache_memory,
-                       on_progress=on_progress)
+    trainer = _trainer(base_model, data, data_options, training, on_progress)
     train, val, test_ds, config = *_split_datasets(trainer), trainer.config
 
     data_spec = str(data) if isinstance(data, (str, os.PathLike)) else train.info.get("spec")
@@ -154,8 +184,7 @@ def profile(base: "str | os.PathLike | BaseModel", data: "str | Sequence[ImageDa
                      f"({'cached activations' if config.cached_training else 'full forward pass'}), {len(specs)} runs"
                      + (f"; {resumed} already finished in {folder}" if resumed else ""))
     prof = _run(trainer, specs, done, runlog, window=window, seeds=seed_list, starts=start_list, siamese=siamese,
-                baselines=baselines, resumed=resumed, ray=ray, cpus_per_run=ray_cpus_per_run,
-                gpus_per_run=ray_gpus_per_run, on_progress=on_progress, progress=progress)
+                baselines=baselines, resumed=resumed, ray=ray, on_progress=on_progress, progress=progress)
 
     from subtune.training.profile import profile_to_json
 
@@ -179,19 +208,19 @@ def profile(base: "str | os.PathLike | BaseModel", data: "str | Sequence[ImageDa
 # --------------------------------------------------------------------------- helpers
 
 
-def _ints(values, flag: str) -> list[int]:
+def _ints(values, parameter: str) -> list[int]:
     try:
         found = list(values)
     except TypeError:
         found = None
     if (not found or not all(isinstance(v, int) and not isinstance(v, bool) for v in found)
             or len(set(found)) != len(found)):
-        raise SubtuneError(f"{flag} expects distinct integers (e.g. [0, 1, 2]), found {values!r}")
+        raise SubtuneError(f"`{parameter}` expects distinct integers (e.g. [0, 1, 2]), found {values!r}")
     return found
 
 
 def _run(trainer, specs, done: dict, runlog, *, window: int, seeds: list[int], starts, siamese: bool, baselines,
-         resumed: int, ray: str | None, cpus_per_run: float, gpus_per_run: float, on_progress, progress: bool):
+         resumed: int, ray, on_progress, progress: bool):
     """The runs, serially or on Ray, each saved as it ends; a Ctrl-C becomes ProfileInterrupted."""
     import torch
     from tqdm import tqdm
@@ -221,8 +250,7 @@ def _run(trainer, specs, done: dict, runlog, *, window: int, seeds: list[int], s
                 from subtune.sweeps import RayExecutor
 
                 executor = stack.enter_context(RayExecutor(
-                    trainer, address=None if ray == "local" else ray, cpus_per_run=cpus_per_run,
-                    gpus_per_run=gpus_per_run))
+                    trainer, address=ray.cluster, cpus_per_run=ray.cpus_per_run, gpus_per_run=ray.gpus_per_run))
             where = executor.describe() if executor else "serial, in this process"
             bar = stack.enter_context(tqdm(total=len(specs), initial=resumed, desc=f"profile [{where}]", unit="run",
                                            file=sys.stderr, disable=None if progress else True))

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from subtune.models import BaseModel
     from subtune.pruning.plan import PruneOptions
     from subtune.pruning.sweep import Sweep
+    from subtune.training.options import RayOptions
 
 log = logging.getLogger("subtune")
 
@@ -119,26 +120,29 @@ def prune_sweep(base: "str | os.PathLike | BaseModel", task: "str | os.PathLike 
                 round_to: int | None = None, plot: bool | str | os.PathLike = True,
                 label_map: str | dict | None = None, limit: int | None = None, test_limit: int = 2000,
                 epochs: int | None = None, lr: float = 1e-3, batch_size: int = 256, seed: int = 0,
-                ray: str | None = None, ray_cpus_per_run: float = 1, ray_gpus_per_run: float = 0,
-                progress: bool = False) -> SweepResult:
+                ray: "RayOptions | str | None" = None, progress: bool = False) -> SweepResult:
     """Accuracy against parameters kept for each ratio x scope x norm, each point pruned from the
     task and (unless epochs=0) recovered on `data`.
 
     output: the sweep JSON; plot: True writes `<output stem>.png` beside it, a path writes it
-        there, False none. ray: "local", "auto" or HOST:PORT runs the points as Ray tasks.
+        there, False none. ray: the points as Ray tasks: an address ("local", "auto", HOST:PORT)
+        or RayOptions (cpus_per_run, gpus_per_run).
     progress: a progress bar on stderr (tqdm)."""
     from subtune.atomic import check_writable, write_text
     from subtune.delta import validate_task
     from subtune.pruning.plan import PruneOptions
     from subtune.pruning.sweep import plot_sweep, run_sweep
 
+    from subtune.training.options import ray_options
+
+    ray = ray_options(ray)
     ratios = [float(r) for r in ratios]
     scopes, norms = list(scopes), list(norms)
-    for values, allowed, flag in ((scopes, ("local", "global"), "--scopes"), (norms, ("l1", "l2"), "--norms")):
+    for values, allowed, parameter in ((scopes, ("local", "global"), "scopes"), (norms, ("l1", "l2"), "norms")):
         if not values or any(v not in allowed for v in values):
-            raise SubtuneError(f"{flag} expects {' and/or '.join(allowed)}, comma-separated; found {values!r}")
+            raise SubtuneError(f"`{parameter}` expects {' and/or '.join(allowed)}; found {values!r}")
     if not ratios:
-        raise SubtuneError("--ratios expects comma-separated fractions such as 0.1,0.5, found none")
+        raise SubtuneError("`ratios` expects fractions such as 0.1, 0.5; found none")
     for r in ratios:
         PruneOptions(r, norms[0], scopes[0], round_to).check()
     out = check_writable(Path(output)) if output is not None else None
@@ -160,8 +164,8 @@ def prune_sweep(base: "str | os.PathLike | BaseModel", task: "str | os.PathLike 
         def on_ray(work):
             from subtune.sweeps import RayMap
 
-            pool = stack.enter_context(RayMap(work, address=None if ray == "local" else ray,
-                                              cpus_per_run=ray_cpus_per_run, gpus_per_run=ray_gpus_per_run))
+            pool = stack.enter_context(RayMap(work, address=ray.cluster, cpus_per_run=ray.cpus_per_run,
+                                              gpus_per_run=ray.gpus_per_run))
             bar.set_description(f"pruning sweep [{pool.describe()}]")
             return pool
 

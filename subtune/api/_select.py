@@ -63,10 +63,18 @@ def select(base: "str | os.PathLike | BaseModel", task: "str | os.PathLike | Tas
         picked again. Images the task was trained and validated on are excluded when the pool is
         its training data, unless include_training.
     output: the picks JSON (subtune.picks/1) to write; None keeps it in memory.
+    threads: torch's intra-op CPU threads for this call; torch's own count is restored after it.
     """
-    from subtune.api._train import _prepare
+    from subtune.api._train import process_state
 
-    _prepare(threads)
+    with process_state(threads):
+        return _select(base, task, pool, budget, output, pool_split=pool_split, pool_limit=pool_limit,
+                       data_seed=data_seed, label_map=label_map, exclude=exclude, include_training=include_training,
+                       batch_size=batch_size, cache_dir=cache_dir, cache_memory=cache_memory, on_progress=on_progress)
+
+
+def _select(base, task, pool: str, budget: int, output, *, pool_split, pool_limit, data_seed, label_map, exclude,
+            include_training, batch_size, cache_dir, cache_memory, on_progress) -> SelectResult:
     began = time.perf_counter()
 
     import numpy as np
@@ -83,7 +91,7 @@ def select(base: "str | os.PathLike | BaseModel", task: "str | os.PathLike | Tas
 
     out = check_writable(Path(output)) if output is not None else None
     if budget < 1:
-        raise SubtuneError("--budget must be at least 1")
+        raise SubtuneError(f"`budget` must be at least 1, found {budget}")
     base_model = _load_base(base)
     task_model = _load_task(task)
     _, backbone = base_model.build()
@@ -103,7 +111,7 @@ def select(base: "str | os.PathLike | BaseModel", task: "str | os.PathLike | Tas
                             or (task_model.classes and pool_ds.classes != task_model.classes)):
         raise SubtuneError(f"pool {pool} has classes {pool_ds.classes[:5]}{'...' if len(pool_ds.classes) > 5 else ''}, "
                            f"task {task_model.name!r} has {(task_model.classes or [])[:5] or task_model.num_classes}: "
-                           "pass --label-map so they match, or an unlabelled pool (images:DIR)")
+                           "pass `label_map` so they match, or an unlabelled pool (images:DIR)")
 
     excluded = _excluded_ids(exclude, include_training, pool, task_model, pool_ds, size, mean, std)
     mask = np.array([i in excluded for i in pool_ds.ids], dtype=bool)
@@ -153,7 +161,7 @@ def _excluded_ids(exclude, include_training: bool, pool: str, task, pool_ds, siz
         try:
             exclude = json.loads(Path(exclude).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise SubtuneError(f"--exclude {exclude}: not a readable JSON file ({e})") from e
+            raise SubtuneError(f"`exclude` {exclude}: not a readable JSON file ({e})") from e
     if exclude is not None:
         rows = exclude.get("picks", []) if isinstance(exclude, dict) else exclude
         ids |= {str(r["id"]) if isinstance(r, dict) else str(r) for r in rows}

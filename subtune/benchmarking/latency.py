@@ -25,7 +25,8 @@ class ModelLatency:
 
 
 def random_feeds(runner: "BaseRunner", batch: int, seed: int = 0) -> dict[str, "np.ndarray"]:
-    """Inputs for an active runner: its first axis set to `batch`; any other dynamic axis is an error."""
+    """Inputs for an active runner: its first axis set to `batch`; any other dynamic axis is an error.
+    A bool input (a --task-select graph's `tasks` mask) is all true: every task on every image."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -37,7 +38,7 @@ def random_feeds(runner: "BaseRunner", batch: int, seed: int = 0) -> dict[str, "
                                "subtune-bench sets only the batch size")
         dtype = np.dtype(spec.dtype)
         feeds[name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
-                       else np.zeros(shape, dtype=dtype))
+                       else np.ones(shape, dtype=dtype) if dtype.kind == "b" else np.zeros(shape, dtype=dtype))
     return feeds
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from subtune.atomic import atomic_path
 
-_MARKERS = {"base": "s", "naive": "o", "split": "^", "compiled": "D"}
+_MARKERS = {"base": "s", "naive": "o", "split": "^", "compiled": "D", "selected": "v"}
 
 
 def _pyplot():
@@ -33,11 +33,15 @@ def plot_compare(result, path: str | Path) -> None:
         base = next(r for r in rows if r.kind == "base")
         ks = sorted({r.tasks for r in rows if r.tasks})
         ax.axhline(base.timing.median_ms, color="grey", linestyle="--", label=base.label)
-        for kind in ("naive", "split", "compiled"):
-            pts = sorted((r.tasks, r.timing.median_ms, r.timing.p90_ms) for r in rows if r.kind == kind)
+        groups = [(kind, None) for kind in ("naive", "split", "compiled")]
+        groups += [("selected", m) for m in dict.fromkeys(r.mix for r in rows if r.kind == "selected")]
+        for kind, mix in groups:
+            pts = sorted((r.tasks, r.timing.median_ms, r.timing.p90_ms) for r in rows
+                         if r.kind == kind and r.mix == mix)
             if pts:
                 k, med, p90 = zip(*pts)
-                line, = ax.plot(k, med, marker=_MARKERS[kind], label=next(r.label for r in rows if r.kind == kind))
+                label = next(r.label for r in rows if r.kind == kind and r.mix == mix)
+                line, = ax.plot(k, med, marker=_MARKERS[kind], linestyle=":" if mix else "-", label=label)
                 ax.fill_between(k, med, p90, color=line.get_color(), alpha=0.15)
         ax.set_xticks(ks)
         ax.set_xlabel("tasks (k)")
@@ -45,6 +49,33 @@ def plot_compare(result, path: str | Path) -> None:
         ax.set_title(f"batch {batch}")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle(_title(result), fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_ratios(result, path: str | Path) -> None:
+    """Latency over the base's at the same batch size (= per image) against the number of tasks,
+    one panel per batch size, one line per variant (the task-select graph: one per request mix)."""
+    plt = _pyplot()
+    batches = sorted({r.batch for r in result.rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4.2), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        rows = [r for r in result.rows if r.batch == batch and r.tasks]
+        ax.axhline(1.0, color="grey", linestyle="--", label="(a) base alone")
+        groups = list(dict.fromkeys((r.kind, r.mix) for r in rows))
+        for kind, mix in groups:
+            pts = sorted((r.tasks, r.ratio_to_base) for r in rows if r.kind == kind and r.mix == mix)
+            label = next(r.label for r in rows if r.kind == kind and r.mix == mix)
+            ax.plot(*zip(*pts), marker=_MARKERS[kind], linestyle=":" if mix else "-", label=label)
+        ks = sorted({r.tasks for r in rows})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("tasks (k)")
+        ax.set_ylabel("latency per image / the base's")
+        ax.set_title(f"batch {batch}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
     fig.suptitle(_title(result), fontsize=8)
     _save(fig, path)
     plt.close(fig)

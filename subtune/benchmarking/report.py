@@ -117,9 +117,13 @@ def compare_table(result) -> str:
                  _ms(r.timing.p90_ms), _spread(r.timing), _mb(r.weight_bytes)]
                 for r in result.rows if r.batch == batch]
         parts += ["", f"batch {batch}", table(head, rows)]
-    parts += ["", versus_table(result), "", cost_table(result.predictions), "", layers_table(result.layers)]
+    if any(r.kind == "selected" for r in result.rows):
+        parts += ["", selection_table(result)]
+    if any(r.kind == "naive" for r in result.rows) and any(r.kind == "split" for r in result.rows):
+        parts += ["", versus_table(result)]
+    parts += ["", cost_table(result.predictions), "", layers_table(result.layers)]
     if result.agreement:
-        parts += ["", f"every variant's outputs agree with the naive deployment's within "
+        parts += ["", f"every variant's outputs agree with the plainest deployment's within "
                       f"{max(result.agreement.values()):.1e} (relative)"]
     return "\n".join(parts + ["", _legend()])
 
@@ -136,6 +140,23 @@ def versus_table(result) -> str:
                          f"{d.added_ms / b.added_ms:.2f}" if b.added_ms > 0 else "-"])
     return "\n".join(["the compiled graph (d) against naive (b) and split (c): ratios below 1 mean (d) is faster",
                       table(head, rows)])
+
+
+def selection_table(result) -> str:
+    """The task-select graph (e) under each request mix against the base and today's graph (d):
+    latency over the base's at the same batch size, which is the ratio per image."""
+    mixes = list(dict.fromkeys(r.mix for r in result.rows if r.kind == "selected"))
+    head = ["batch", "k", "(a) ms", "(d) x base", *[f"(e) {m} x base" for m in mixes]]
+    rows = []
+    for batch in sorted({r.batch for r in result.rows}):
+        base = next(r for r in result.rows if r.kind == "base" and r.batch == batch)
+        for k in sorted({r.tasks for r in result.rows if r.kind == "selected"}):
+            compiled = [r for r in result.rows if r.kind == "compiled" and r.tasks == k and r.batch == batch]
+            cells = [result.row(f"selected/k={k}/{m}", batch).ratio_to_base for m in mixes]
+            rows.append([str(batch), str(k), _ms(base.timing.median_ms),
+                         f"{compiled[0].ratio_to_base:.2f}" if compiled else "-", *(f"{c:.2f}" for c in cells)])
+    return "\n".join(["task selection: the task-select graph (e) per request mix, latency over the base's at the same "
+                      "batch (= per image)", table(head, rows)])
 
 
 def cost_table(predictions) -> str:

@@ -8,6 +8,9 @@
                   blocks swapped in) as its own session fed the prefix's output, with no batch
                   concatenation: how a Triton ensemble would split it
     (d) compiled  the compiler's single multi-task graph (fork, merge by batch concatenation)
+    (e) selected  the same graph compiled with --task-select, each image computing the base and
+                  only the tasks it asks for, under a request mix (MIXES: every task, one random
+                  task per image, one fixed task, none); ONNX Runtime only
 
 Sub-models are torch modules cut from the Backbone and the TaskDeltas; a RuntimeSpec turns
 each into a runner (exported with export_onnx for ONNX Runtime and TensorRT, or run eagerly).
@@ -43,6 +46,14 @@ VARIANT_LABELS = {
     "naive": "(b) naive: base + a full model per task",
     "split": "(c) split: shared prefix + a session per remainder",
     "compiled": "(d) compiled multi-task graph",
+    "selected": "(e) task-select graph",
+}
+# (e)'s request mixes: which tasks each image of a timed batch asks for (mix_mask)
+MIXES = {
+    "all": "every task on every image",
+    "one-random": "one random task per image",
+    "one-fixed": "one fixed task (the first) on every image",
+    "none": "no task asked",
 }
 EXPORT_BATCH = 2  # torch.export specialises batch sizes 0 and 1
 
@@ -179,40 +190,69 @@ def random_images(batch: int, input_size: tuple[int, int]) -> "np.ndarray":
     return np.random.default_rng(batch).standard_normal((batch, 3, *input_size), dtype=np.float32)
 
 
+def mix_mask(mix: str, batch: int, k: int) -> "np.ndarray":
+    """The `tasks` input of a --task-select graph for request mix `mix` (MIXES): bool [batch, k],
+    the same in every run (random choices seeded by the batch size)."""
+    import numpy as np
+
+    if mix not in MIXES:
+        raise SubtuneError(f"unknown request mix {mix!r}: expected one of {', '.join(MIXES)}")
+    if mix == "all":
+        return np.ones((batch, k), dtype=bool)
+    if mix == "none":
+        return np.zeros((batch, k), dtype=bool)
+    columns = np.random.default_rng(batch).integers(0, k, batch) if mix == "one-random" else np.zeros(batch, int)
+    return np.eye(k, dtype=bool)[columns]
+
+
 @dataclass
 class Step:
     runner: BaseRunner
     weight_bytes: int
     source: str = "images"  # what feeds this step: the images, or an earlier step's output
+    mask_input: str | None = None  # a --task-select graph's input that says which tasks each image asks for
 
     @classmethod
-    def of(cls, built: Built, source: str = "images") -> "Step":
-        return cls(built.runner, built.weight_bytes, source)
+    def of(cls, built: Built, source: str = "images", mask_input: str | None = None) -> "Step":
+        return cls(built.runner, built.weight_bytes, source, mask_input)
 
 
 @dataclass
 class Variant:
-    kind: str  # base | naive | split | compiled
+    kind: str  # base | naive | split | compiled | selected
     tasks: int  # k
     steps: list[Step]
     weight_bytes: int
+    mix: str | None = None  # selected only: the request mix (MIXES)
     label: str = field(init=False)
 
     def __post_init__(self):
-        self.label = VARIANT_LABELS[self.kind]
+        self.label = VARIANT_LABELS[self.kind] + (f", {MIXES[self.mix]}" if self.mix else "")
+        self._masks: dict[int, "np.ndarray"] = {}
 
     @property
     def key(self) -> str:
-        return self.kind if self.kind == "base" else f"{self.kind}/k={self.tasks}"
+        if self.kind == "base":
+            return self.kind
+        return f"{self.kind}/k={self.tasks}" + (f"/{self.mix}" if self.mix else "")
 
     @property
     def sessions(self) -> int:
         return len(self.steps)
 
+    def mask(self, batch: int) -> "np.ndarray":
+        """selected only: what each of `batch` images asks for (made once per batch size, outside any timing)."""
+        if batch not in self._masks:
+            self._masks[batch] = mix_mask(self.mix, batch, self.tasks)
+        return self._masks[batch]
+
     def run(self, images: "np.ndarray") -> dict[str, "np.ndarray"]:
         values = {"images": images}
         for step in self.steps:
-            values.update(step.runner.infer({"images": values[step.source]}))
+            feeds = {"images": values[step.source]}
+            if step.mask_input is not None:
+                feeds[step.mask_input] = self.mask(len(images))
+            values.update(step.runner.infer(feeds))
         return values
 
     def describe(self) -> dict:
@@ -255,10 +295,17 @@ class VariantBuilder:
             with contextlib.suppress(OSError):
                 self._workdir.cleanup()
 
-    def variant(self, kind: str, tasks: Sequence[TaskDelta] = ()) -> Variant:
-        """`tasks`: some of the builder's tasks (ignored for the base)."""
+    def variant(self, kind: str, tasks: Sequence[TaskDelta] = (), mix: str | None = None) -> Variant:
+        """`tasks`: some of the builder's tasks (ignored for the base); `mix`: the request mix of
+        a selected variant (MIXES)."""
         if kind not in VARIANT_LABELS:
             raise SubtuneError(f"unknown variant {kind!r}: expected one of {', '.join(VARIANT_LABELS)}")
+        if (kind == "selected") != (mix is not None):
+            raise SubtuneError("a request mix goes with the selected variant (e), and only with it")
+        if kind == "selected" and self.runtime.name != "onnxruntime":
+            raise SubtuneError(f"the task-select graph (e) runs on ONNX Runtime, not {self.runtime.name}")
+        if mix is not None and mix not in MIXES:
+            raise SubtuneError(f"unknown request mix {mix!r}: expected one of {', '.join(MIXES)}")
         tasks = [] if kind == "base" else list(tasks)
         known = {id(t) for t in self.tasks}  # identity: TaskDelta equality would compare tensors
         if kind != "base" and (not tasks or any(id(t) not in known for t in tasks)):
@@ -268,7 +315,7 @@ class VariantBuilder:
             raise SubtuneError(f"task {taps[0]!r} is a tap task (Head2Toe or linear probe): it forks no blocks, so the "
                                f"{kind} deployment does not apply; compare it in the compiled graph")
         steps = getattr(self, f"_{kind}_steps")(tasks)
-        return Variant(kind, len(tasks), steps, sum(s.weight_bytes for s in steps))
+        return Variant(kind, len(tasks), steps, sum(s.weight_bytes for s in steps), mix)
 
     def release(self, variant: Variant) -> None:
         """Free the sessions only `variant` uses (never the base's), to bound memory."""
@@ -308,7 +355,16 @@ class VariantBuilder:
             self._built[key] = self._compile(tasks, key)
         return [Step.of(self._built[key])]
 
-    def _compile(self, tasks, key: str) -> Built:
+    def _selected_steps(self, tasks) -> list[Step]:
+        from subtune.passes.task_rows_from_mask import MASK_INPUT
+
+        key = "selected_" + "_".join(t.name for t in tasks)  # one graph for every mix
+        if key not in self._built:
+            self.on_build(key)
+            self._built[key] = self._compile(tasks, key, task_select=True)
+        return [Step.of(self._built[key], mask_input=MASK_INPUT)]
+
+    def _compile(self, tasks, key: str, task_select: bool = False) -> Built:
         from subtune.compiler.pipeline import CompileOptions, compile_plan
         from subtune.compiler.plan import Plan
 
@@ -316,7 +372,7 @@ class VariantBuilder:
         if self.runtime.name == "torch":
             compile_plan(plan, CompileOptions(verify=False), until="lower")
             return make_runner(self.runtime, plan.module, self._images, plan.output_names, name=key)
-        compile_plan(plan, CompileOptions(verify=False))
+        compile_plan(plan, CompileOptions(verify=False, task_select=task_select))
         return runner_from_onnx(self.runtime, plan.onnx, sample_shape=(3, *self.input_size), name=key,
                                 workdir=self._workdir_path)
 

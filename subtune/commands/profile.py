@@ -3,8 +3,9 @@ from __future__ import annotations
 import argparse
 
 from subtune.commands.flag_values import int_list
+from subtune.commands.training_flags import (FLAGS, add_data_arguments, add_ray_arguments,  # noqa: F401 - FLAGS: cli
+                                             add_training_arguments)
 from subtune.errors import SubtuneError
-from subtune.training.options import add_data_arguments, add_training_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,34 +26,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_training_arguments(p)
 
 
-def add_ray_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("running on Ray (pip install 'subtune[ray]')")
-    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="each run a Ray task: alone, a local Ray instance sized to this machine; 'auto' or "
-                        "HOST:PORT, a running cluster (`ray start --head`)")
-    g.add_argument("--ray-cpus-per-run", type=float, default=1,
-                   help="CPUs each run declares, and its torch threads (default 1)")
-    g.add_argument("--ray-gpus-per-run", type=float, default=0, help="GPUs each run declares (default 0)")
-
-
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from subtune.commands.training_flags import data_options, passive_openmp, ray_options, training_options
+
+    passive_openmp()
     from subtune.api import ProfileInterrupted, profile
 
     seeds = int_list(args.seeds, "--seeds", distinct=True) if args.seeds else None
     starts = _blocks(args.starts) if args.starts else None
     try:
         result = profile(args.base, args.data, args.output, window=args.window, seeds=seeds, starts=starts,
-                         siamese=args.siamese, baselines=args.baselines, runs=args.runs, ray=args.ray,
-                         ray_cpus_per_run=args.ray_cpus_per_run, ray_gpus_per_run=args.ray_gpus_per_run,
-                         image_size=args.image_size, limit=args.limit, val_split=args.val_split,
-                         data_seed=args.data_seed, label_map=args.label_map, test=args.test,
-                         test_limit=args.test_limit, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                         batch_size=args.batch_size, seed=args.seed, augment=args.augment, freeze_bn=args.freeze_bn,
-                         cache=not args.no_cache, cache_dir=args.cache_dir, cache_memory=args.cache_memory,
-                         threads=args.threads, plot=args.plot or True,
-                         on_progress=lambda line: print(line, flush=True), progress=True)
+                         siamese=args.siamese, baselines=args.baselines, runs=args.runs, plot=args.plot or True,
+                         data_options=data_options(args), training=training_options(args), ray=ray_options(args),
+                         threads=args.torch_threads, on_progress=lambda line: print(line, flush=True), progress=True)
     except ProfileInterrupted as e:
         # one line, exit status 130; every finished run is already on disk (RunLog writes each as it ends)
         print(f"subtune profile: interrupted; {e.saved} of {e.total} runs are saved in {e.runs}: "

@@ -4,8 +4,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("task", help="task delta file (subtune.task/1), not yet pruned")
-    p.add_argument("--base", required=True, help="the base file the task was trained from")
+    add_base_and_task(p)
     p.add_argument("--ratio", type=float, required=True,
                    help="fraction of the channels inside the tuned blocks to remove, in (0, 1)")
     add_pruning_arguments(p)
@@ -16,6 +15,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", help="JSON report path (default: beside the output, .report.json)")
 
 
+def add_base_and_task(p: argparse.ArgumentParser) -> None:
+    """BASE TASK, base first as in every command; the old `TASK --base BASE` still works, with a warning."""
+    p.add_argument("base", metavar="BASE", help="the base file the task was trained from (subtune.base/1)")
+    p.add_argument("task", metavar="TASK", nargs="?", help="task delta file (subtune.task/1), not yet pruned")
+    p.add_argument("--base", dest="old_base", help=argparse.SUPPRESS)  # the old form: TASK --base BASE
+
+
+def base_and_task(args: argparse.Namespace) -> tuple[str, str]:
+    import sys
+
+    from subtune.errors import SubtuneError
+
+    if args.old_base is None:
+        if args.task is None:
+            raise SubtuneError(f"expected BASE TASK: the base file, then the task file (subtune {args.command} "
+                               "base.pt task.pt ...)")
+        return args.base, args.task
+    if args.task is not None:
+        raise SubtuneError(f"two bases: give BASE TASK without --base (subtune {args.command} base.pt task.pt ...)")
+    print(f"subtune {args.command}: warning: `subtune {args.command} TASK --base BASE` is deprecated: the base comes "
+          f"first, as in every command: `subtune {args.command} {args.old_base} {args.base} ...`", file=sys.stderr)
+    return args.old_base, args.base
+
+
 def add_pruning_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norm", choices=["l1", "l2"], default="l2",
                    help="channel importance: L1 or L2 norm of the weights")
@@ -23,6 +46,9 @@ def add_pruning_arguments(p: argparse.ArgumentParser) -> None:
                    help="local: the same fraction in every layer; global: rank channels across all tuned blocks")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of this (e.g. 8)")
     p.add_argument("--no-heads", action="store_true", help="ViT: keep every attention head, prune the MLP width only")
+
+
+RECOVERY_FLAGS = ("label_map", "limit", "test_limit", "epochs", "lr", "batch_size", "seed")
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,9 +63,14 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from subtune.commands.flag_values import refuse_unless
+
+    base, task = base_and_task(args)
+    refuse_unless(args, args.data is not None, RECOVERY_FLAGS,
+                  "without --data: the accuracy check and the recovery training run on DATA")
     from subtune.api import prune
 
-    result = prune(args.base, args.task, args.output, ratio=args.ratio, norm=args.norm, scope=args.scope,
+    result = prune(base, task, args.output, ratio=args.ratio, norm=args.norm, scope=args.scope,
                    round_to=args.round_to, heads=not args.no_heads, data=args.data, label_map=args.label_map,
                    limit=args.limit, test_limit=args.test_limit, epochs=args.epochs, lr=args.lr,
                    batch_size=args.batch_size, seed=args.seed, report=args.report or True)

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import argparse
 
+from subtune.commands.training_flags import FLAGS  # noqa: F401 - the library's parameters as flags (cli)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from subtune.commands.prune import add_data_arguments
+    from subtune.commands.prune import add_base_and_task, add_data_arguments
 
-    p.add_argument("task", help="task delta file (subtune.task/1), not yet pruned")
-    p.add_argument("--base", required=True, help="the base file the task was trained from")
+    add_base_and_task(p)
     p.add_argument("--data", required=True, help="the task's data (fashion-mnist, imagefolder:DIR, ...)")
     p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="pruning ratios, comma-separated")
     p.add_argument("--scopes", default="local,global", help="local and/or global")
@@ -16,22 +17,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     p.add_argument("-o", "--output", required=True, help="sweep JSON")
     p.add_argument("--plot", help="PNG of accuracy against parameters kept (default: beside the output, .png)")
-    from subtune.commands.profile import add_ray_arguments
+    from subtune.commands.training_flags import add_ray_arguments
 
     add_ray_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from subtune.commands.prune import base_and_task
+    from subtune.commands.training_flags import ray_options
+
+    base, task = base_and_task(args)
+    ray = ray_options(args)
     from subtune.api import prune_sweep
     from subtune.pruning.sweep import sweep_table
 
-    result = prune_sweep(args.base, args.task, args.data, args.output, ratios=_floats(args.ratios),
+    result = prune_sweep(base, task, args.data, args.output, ratios=_floats(args.ratios),
                          scopes=_choices(args.scopes, ("local", "global"), "--scopes"),
                          norms=_choices(args.norms, ("l1", "l2"), "--norms"), round_to=args.round_to,
                          plot=args.plot or True, label_map=args.label_map, limit=args.limit,
                          test_limit=args.test_limit, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         seed=args.seed, ray=args.ray, ray_cpus_per_run=args.ray_cpus_per_run,
-                         ray_gpus_per_run=args.ray_gpus_per_run, progress=True)
+                         seed=args.seed, ray=ray, progress=True)
     print(sweep_table(result.sweep))
     print(f"wrote {result.output} and {result.plot_path}")
     return 0

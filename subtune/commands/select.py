@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import argparse
 
+from subtune.commands.training_flags import FLAGS  # noqa: F401 - the library's parameters as flags (cli)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from subtune.training.options import add_cache_arguments
+    from subtune.commands.training_flags import add_cache_arguments, add_thread_arguments
 
     p.add_argument("base", help="base file (subtune.base/1)")
     p.add_argument("task", help="task delta trained on the labelled images so far")
@@ -22,16 +24,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow picking the images the task was trained and validated on (excluded by default when "
                         "the pool is the task's training data)")
     p.add_argument("--batch-size", type=int, default=256)
-    add_cache_arguments(p)
+    add_cache_arguments(p, no_cache=False)  # the frozen prefix always runs once over the pool
+    add_thread_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from subtune.commands.training_flags import passive_openmp
+
+    passive_openmp()
     from subtune.api import select
 
     result = select(args.base, args.task, args.pool, args.budget, args.output, pool_split=args.pool_split,
                     pool_limit=args.pool_limit, data_seed=args.data_seed, label_map=args.label_map,
                     exclude=args.exclude, include_training=args.include_training, batch_size=args.batch_size,
-                    cache_dir=args.cache_dir, cache_memory=args.cache_memory, threads=args.threads, on_progress=print)
+                    cache_dir=args.cache_dir, cache_memory=args.cache_memory, threads=args.torch_threads,
+                    on_progress=print)
     r, rows = result.report, result.picks
     first = (r["blocks"] or [None])[0]
     if first is None:  # a tap task (Head2Toe, linear probe) reads the images: nothing frozen is cached

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import argparse
 
+FLAGS = {"threads": "--ort-threads"}  # the library's parameters spelt otherwise here
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("graph", help="a compiled model.onnx, or engine.plan (with the engine.onnx it was built from beside it)")
@@ -17,8 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-dynamic-batching", action="store_true", help="run each request as it comes")
     p.add_argument("--queue-delay-us", type=int, default=200,
                    help="dynamic batching: longest wait to fill a batch, microseconds (default 200)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="python/onnxruntime backends: ONNX Runtime intra-op threads per instance (default: cores / instances)")
+    p.add_argument("--ort-threads", type=int, default=0, metavar="N",
+                   help="python/onnxruntime backends: ONNX Runtime's intra-op threads per model instance (default: "
+                        "cores / instances)")
+    from subtune.commands.flag_values import add_deprecated
+
+    add_deprecated(p, "--threads", "--ort-threads", "ort_threads", type=int)
     p.add_argument("--preprocess", action="store_true",
                    help="add a preprocessing model (encoded image bytes -> resize and normalise as the tasks were "
                         "trained) and an ensemble NAME_ensemble that chains it to the graph")
@@ -29,23 +35,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from pathlib import Path
+
+    from subtune.commands.flag_values import refuse_unless
+
+    backend = args.backend or ("tensorrt" if Path(args.graph).suffix in (".plan", ".engine") else "python")
+    refuse_unless(args, backend != "tensorrt", ["ort_threads"], "with the tensorrt backend: ONNX Runtime's threads "
+                  "are for the python and onnxruntime backends")
+    refuse_unless(args, not args.no_dynamic_batching, ["queue_delay_us"],
+                  "with --no-dynamic-batching: the wait to fill a batch is dynamic batching's")
     from subtune.api import triton_repo
 
     repo = triton_repo(args.graph, args.output, name=args.name, backend=args.backend,
                        max_batch_size=args.max_batch_size, instances=args.instances, device=args.device,
                        dynamic_batching=not args.no_dynamic_batching, queue_delay_us=args.queue_delay_us,
-                       threads=args.threads, preprocess=args.preprocess, overwrite=args.force)
+                       threads=args.ort_threads, preprocess=args.preprocess, overwrite=args.force)
     if args.json:
         print(json.dumps(repo.describe(), indent=2))
         return 0
-    print(f"wrote {repo.path}: models {', '.join(repo.models)} ({repo.backend} backend); "
+    print(f"wrote {repo.path}: models {', '.join(repo.models)} ({repo.backend} backend), {repo.graph_model} "
+          f"version {repo.version}; "
           f"outputs {', '.join(repo.outputs)}"
           + (f"; class labels for {', '.join(repo.labels)}" if repo.labels else ""))
     if repo.ensemble:
         print(f"clients send encoded images to {repo.ensemble} (input image_bytes, BYTES [batch, 1]); "
               f"tensors to {repo.graph_model} (input images)")
     if repo.backend == "python":
-        print(f"serve it here: subtune serve {repo.path}")
+        print(f"serve it here: subtune serve {repo.path}; later graphs go live with "
+              f"subtune rollout {repo.path} NEW.onnx (versions {repo.version + 1}, {repo.version + 2}, ...)")
     else:
         print(f"the {repo.backend} backend loads in NVIDIA's Triton containers (tritonserver --model-repository "
               f"{repo.path}); here, serve the python backend: subtune triton-repo {args.graph} --backend python -o REPO")

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import io
 import logging
 import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import onnx_ir as ir
 import torch
@@ -24,6 +26,10 @@ import torch
 from subtune.errors import SubtuneError
 
 OPSET = 20  # the newest opset TensorRT 10's parser accepts
+MAX_BATCH = 4096  # the dynamic batch's upper bound torch.export is told
+PRIVATE_EXPORTER_TORCH = "2.14"  # the torch release _private_exporter's entry was written against
+_PRIVATE_EXPORTER_ARGUMENTS = {"registry", "dynamic_shapes", "input_names", "output_names", "opset_version", "optimize",
+                               "verbose"}
 PROTOBUF_LIMIT = 2**31  # bytes: protobuf refuses to serialize a larger message
 # Weights above this go to an external data file: the rest of the graph (nodes, names, metadata)
 # must fit in the margin, which is generous for any graph subtune makes (a few MB).
@@ -33,15 +39,28 @@ EXTERNAL_DATA_SUFFIX = ".data"  # model.onnx -> model.onnx.data
 log = logging.getLogger("subtune")
 
 
-def export_onnx(module: torch.nn.Module, example: torch.Tensor, output_names: list[str]) -> ir.Model:
-    """Export with a dynamic batch axis named `batch` on `images` and every output."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
+def export_onnx(module: torch.nn.Module, example: torch.Tensor, output_names: list[str], *,
+                index_inputs: Sequence[str] = ()) -> ir.Model:
+    """Export with a dynamic batch axis named `batch` on `images` and every output.
+
+    `index_inputs`: names of 1-d int64 inputs after `images` (task selection: the rows of the batch
+    that asked for each task), each with a dynamic size of its own from 0, which the module's
+    forward takes as `forward(images, *rows)`; exported with every row of the example."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    args: tuple = (example,)
+    dynamic_shapes: dict | tuple = {"images": {0: batch}}
+    if index_inputs:
+        rows = torch.arange(example.shape[0], dtype=torch.int64)
+        args = (example, *(rows.clone() for _ in index_inputs))
+        # forward(images, *rows): torch.export sees the varargs as one tuple
+        dynamic_shapes = ({0: batch}, tuple({0: torch.export.Dim(f"rows{i}", min=0, max=MAX_BATCH)}
+                                            for i in range(len(index_inputs))))
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
         warnings.simplefilter("ignore")
         try:
-            program = _export(module, (example,), input_names=["images"], output_names=output_names,
-                              dynamic_shapes={"images": {0: batch}}, opset_version=OPSET, optimize=True, verbose=False)
+            program = _export(module, args, input_names=["images", *index_inputs], output_names=output_names,
+                              dynamic_shapes=dynamic_shapes, opset_version=OPSET, optimize=True, verbose=False)
         except Exception as e:  # the exporter's errors are long; keep the first line for the user
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SubtuneError(f"ONNX export failed: {first[:300]}; rerun with --debug for the full trace") from e
@@ -49,23 +68,36 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, output_names: li
 
 
 def _export(module, args, **kwargs):
-    """torch.onnx.export(dynamo=True), reusing one translation registry per process: building it
-    costs ~3 s a call, more than exporting a small model. Falls back to the public API if the
-    private pieces move."""
-    try:
-        from torch.onnx._internal.exporter import _core
-
-        registry = _torchlib_registry(kwargs["opset_version"])
-    except (ImportError, AttributeError):
+    """torch.onnx.export(dynamo=True), through the private entry when it is usable (see
+    _private_exporter), else the public API."""
+    exporter = _private_exporter(kwargs["opset_version"])
+    if exporter is None:
         return torch.onnx.export(module, args, dynamo=True, **kwargs)
-    return _core.export(module, args, registry=registry, **kwargs)
+    return exporter(module, args, **kwargs)
 
 
 @functools.cache
-def _torchlib_registry(opset: int):
-    from torch.onnx._internal.exporter import _registration
+def _private_exporter(opset: int):
+    """The one adapter to torch's private exporter entry: `_core.export` with one translation
+    registry per process (building the registry costs ~3 s a call, more than exporting a small
+    model). Written against torch PRIVATE_EXPORTER_TORCH; any failure to reach it (any exception
+    type: a moved module, a renamed class, a changed signature) is logged once, naming the torch
+    release it expects, and returns None: the public torch.onnx.export then does the work."""
+    try:
+        from torch.onnx._internal.exporter import _core, _registration
 
-    return _registration.ONNXRegistry.from_torchlib(opset_version=opset)
+        accepted = inspect.signature(_core.export).parameters
+        missing = sorted(_PRIVATE_EXPORTER_ARGUMENTS - set(accepted))
+        if missing:
+            raise TypeError(f"_core.export takes no {', '.join(missing)}")
+        registry = _registration.ONNXRegistry.from_torchlib(opset_version=opset)
+    except Exception as e:  # noqa: BLE001 - whatever moved, the public API still works
+        log.warning("torch %s: the private ONNX exporter entry subtune uses (torch.onnx._internal.exporter, written "
+                    "against torch %s) is not usable (%s: %s); exporting through the public torch.onnx.export "
+                    "instead, about 3 s slower per export", torch.__version__, PRIVATE_EXPORTER_TORCH,
+                    type(e).__name__, str(e).strip()[:200])
+        return None
+    return functools.partial(_core.export, registry=registry)
 
 
 @contextlib.contextmanager

@@ -6,14 +6,34 @@ those names in their scope, which the clean-up pass uses to name them.
 
 Stream roles: `stream_roles()` says which stream each part computes (the base network, a task,
 a fork, a merge, the split: subtune/passes/record_stream_roles.py), by module path. The forward
-does no tensor arithmetic of its own, only calls to those parts and the base network's, so every
-exported node lies inside one of them; RecordStreamRolesPass stores the role in each node, and
-INT8 base pinning reads it there (subtune/quantization/base_stream.py).
+does no tensor arithmetic of its own, only calls to those parts and the base network's (its stem
+and neck run inside parts of their own, `stem` and `neck`, as some are functions of the model
+rather than its submodules), so every exported node lies inside one of them;
+RecordStreamRolesPass stores the role in each node (and fails naming a node outside every part),
+and INT8 base pinning reads it there (subtune/quantization/base_stream.py).
 
 Tap tasks (Head2Toe, the linear probe; delta.TaskDelta) do not fork: their branch reads the
 base chunk of the shared stream right after the shared block that produces each tapped point
 (the features for point N + 2), pools, concatenates, gathers the selected features and
 applies the head. The shared stream itself is left as it was, so the base output is untouched.
+
+Task selection (`TaskSelectModel`, `subtune-compile --task-select`): each image computes the base
+plus only the tasks it asked for. The module takes one more input per task, the indices of the
+images (rows of the batch) that asked for it (1-d int64, its own dynamic size, possibly 0); the
+ONNX pass TaskRowsFromMaskPass (subtune/passes/task_rows_from_mask.py) later computes them from
+one graph input `tasks` ([batch, k] bool). The schedule is the same; what changes:
+  1. Fork: a task's stream starts as the rows it asked for, a Gather of the shared stream (whose
+     first `batch` rows are the base's, so the indices pick base rows) instead of a view of the
+     whole base chunk. Merge is unchanged: later shared blocks run on the base rows plus only the
+     selected rows.
+  2. Split: the final features are sliced into [batch, n_0, n_1, ...] rows, in final-chunk order
+     (Slices whose ends are computed at run time, not a Split: TensorRT needs a Split's sizes
+     constant).
+  3. Tap tasks take their rows of each tapped activation, and a Siamese head its rows of the
+     base features, by the same Gather.
+  4. Each task's output is full batch: FILL (NaN) everywhere, its logits scattered into its rows.
+The base's rows are computed exactly as without selection, so the base output does not depend
+on the mask.
 """
 
 from __future__ import annotations
@@ -25,7 +45,9 @@ from subtune.compiler.schedule import Fork, Merge, RunBlock, Schedule
 from subtune.delta.modules import TapHead, task_blocks, task_head
 from subtune.delta import TaskDelta
 from subtune.models import Backbone
-from subtune.passes.record_stream_roles import BASE, MERGE, SPLIT, TAP, fork_role, task_role
+from subtune.passes.record_stream_roles import BASE, MERGE, SPLIT, TAP, fill_role, fork_role, rows_role, task_role
+
+FILL = float("nan")  # a task's output in the rows that did not ask for it (task selection)
 
 
 class TaskBranch(nn.Module):
@@ -58,6 +80,20 @@ class TapBranch(nn.Module):
 
     def forward(self, taps: dict[int, torch.Tensor]) -> torch.Tensor:
         return self.taps(taps)
+
+
+class BackbonePart(nn.Module):
+    """One of the backbone's own parts (its stem or neck) run under a module path of the lowering's,
+    so the nodes it exports carry a scope (the evidence of their role) even where the part is a
+    function of the model (ViT's stem) rather than its submodule. Holds no weights: the part's
+    are the base's, registered under `base`."""
+
+    def __init__(self, part: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "part", part)  # not registered: no second path to the base's weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.part(x)
 
 
 class ForkStream(nn.Module):
@@ -99,6 +135,48 @@ class SplitStreams(nn.Module):
         return features.unflatten(0, (self.chunks, -1)).unbind(0)
 
 
+class SelectRows(nn.Module):
+    """Task selection: the rows `rows` of a tensor whose first `batch` rows are the base's (a Gather
+    on the batch axis): a fork, or a Siamese head's base features."""
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return x.index_select(0, rows)
+
+
+class SelectTapRows(nn.Module):
+    """Task selection: a tap task's rows of each activation it taps."""
+
+    def __init__(self, points: list[int]):
+        super().__init__()
+        self.points = list(points)
+
+    def forward(self, taps: dict[int, torch.Tensor], rows: torch.Tensor) -> dict[int, torch.Tensor]:
+        return {p: taps[p].index_select(0, rows) for p in self.points}
+
+
+class SplitRows(nn.Module):
+    """Task selection: slice the final features into the base's `batch` rows, then each task
+    stream's rows, in final-chunk order (`rows`: the streams' row indices, for their counts)."""
+
+    def forward(self, features: torch.Tensor, batch: int, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not rows:
+            return (features,)
+        chunks, start = [features[:batch]], batch
+        for r in rows[:-1]:
+            end = start + r.shape[0]
+            chunks.append(features[start:end])
+            start = end
+        chunks.append(features[start:])
+        return tuple(chunks)
+
+
+class FillRows(nn.Module):
+    """Task selection: a task's output at full batch, FILL where the row did not ask for the task."""
+
+    def forward(self, logits: torch.Tensor, batch: int, rows: torch.Tensor) -> torch.Tensor:
+        return logits.new_full((batch, logits.shape[1]), FILL).index_copy(0, rows, logits)
+
+
 class MultiTaskModel(nn.Module):
     """images -> (base logits, task 0 logits, task 1 logits, ...)."""
 
@@ -106,6 +184,7 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.base = base_model
         self.backbone = backbone  # a plain dataclass of views into self.base, not a submodule
+        self.stem, self.neck = BackbonePart(backbone.stem), BackbonePart(backbone.neck)
         self.tasks = nn.ModuleList(TapBranch(t) if t.taps is not None else TaskBranch(t, backbone) for t in tasks)
         self.schedule = schedule
         # Tapped points of the shared stream, and how many chunks it holds when each is produced.
@@ -130,7 +209,8 @@ class MultiTaskModel(nn.Module):
         self._fork_names = list(self.forks)
         self._merge_names = list(self.merges)
         self.base_chunks_points = {p for p in self.tap_points if p <= backbone.num_blocks + 1}
-        self._roles = {"base": BASE, **{f"tasks.{i}": task_role(t.name) for i, t in enumerate(tasks)}}
+        self._roles = {"base": BASE, "stem": BASE, "neck": BASE,
+                       **{f"tasks.{i}": task_role(t.name) for i, t in enumerate(tasks)}}
         for step, name in zip((s for s in schedule.steps if isinstance(s, Fork)), self._fork_names):
             self._roles[f"forks.{name}"] = fork_role(tasks[step.task].name)
         self._roles.update({f"merges.{name}": MERGE for name in self._merge_names})
@@ -145,9 +225,13 @@ class MultiTaskModel(nn.Module):
         """Module path of each stream part that runs -> its role (record_stream_roles.py)."""
         return dict(self._roles)
 
+    def input_roles(self) -> dict[str, str]:
+        """Graph input -> the role of the sizes the exporter reads from it (record_stream_roles.py, rule 2)."""
+        return {"images": BASE}
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bb = self.backbone
-        shared = bb.stem(images)
+        shared = self.stem(images)
         taps: dict[int, torch.Tensor] = {}
         if 1 in self.base_chunks_points:
             taps[1] = shared
@@ -168,11 +252,104 @@ class MultiTaskModel(nn.Module):
         ending = [streams.pop(t) for t in self.schedule.final_chunks if t is not None and t in streams]
         if ending:
             shared = self.final_merge(shared, *ending)
-        features = self.split_heads(bb.neck(shared))
+        features = self.split_heads(self.neck(shared))
         by_stream = dict(zip(self.schedule.final_chunks, features))
         base_features = by_stream[None]
         taps[bb.num_blocks + 2] = base_features
         outputs = [bb.classifier(base_features)]
         for t, branch in enumerate(self.tasks):
             outputs.append(branch(taps) if branch.tap else branch(base_features, by_stream[t]))
+        return tuple(outputs)
+
+
+class TaskSelectModel(nn.Module):
+    """(images, rows of task 0, rows of task 1, ...) -> (base logits, task 0 logits, ...): each task
+    runs on the rows that asked for it (the module docstring's task selection)."""
+
+    def __init__(self, base_model: nn.Module, backbone: Backbone, tasks: list[TaskDelta], schedule: Schedule):
+        super().__init__()
+        self.base = base_model
+        self.backbone = backbone  # a plain dataclass of views into self.base, not a submodule
+        self.stem, self.neck = BackbonePart(backbone.stem), BackbonePart(backbone.neck)
+        self.tasks = nn.ModuleList(TapBranch(t) if t.taps is not None else TaskBranch(t, backbone) for t in tasks)
+        self.schedule = schedule
+        self.names = [t.name for t in tasks]
+        self.tap_points = {p for t in tasks for p in t.tap_points if p <= backbone.num_blocks + 1}
+        self.forks = nn.ModuleDict({f"fork_{tasks[s.task].name}_before_block{s.block}": SelectRows()
+                                    for s in schedule.steps if isinstance(s, Fork)})
+        self.selects = nn.ModuleDict()
+        select_roles = {}
+        for t in tasks:
+            if t.taps is not None or t.siamese:
+                key = f"{t.name}_taps" if t.taps is not None else f"{t.name}_base_features"
+                self.selects[key] = SelectTapRows(t.tap_points) if t.taps is not None else SelectRows()
+                select_roles[f"selects.{key}"] = fork_role(t.name)
+        self.merges = nn.ModuleDict({f"merge_after_block{s.after_block}": MergeStreams()
+                                     for s in schedule.steps if isinstance(s, Merge)})
+        self.final_merge = MergeStreams()
+        self.split_heads = SplitRows()
+        self.fills = nn.ModuleDict({t.name: FillRows() for t in tasks})
+        self._roles = {"base": BASE, "stem": BASE, "neck": BASE,
+                       **{f"tasks.{i}": task_role(t.name) for i, t in enumerate(tasks)}}
+        for step in (s for s in schedule.steps if isinstance(s, Fork)):
+            name = tasks[step.task].name
+            self._roles[f"forks.fork_{name}_before_block{step.block}"] = fork_role(name)
+        self._roles.update(select_roles)
+        self._roles.update({f"merges.{name}": MERGE for name in self.merges})
+        merged = {t for s in schedule.steps if isinstance(s, Merge) for t in s.tasks}
+        if any(t is not None and t not in merged for t in schedule.final_chunks):
+            self._roles["final_merge"] = MERGE
+        if len(schedule.final_chunks) > 1:
+            self._roles["split_heads"] = SPLIT
+        self._roles.update({f"fills.{t.name}": fill_role(t.name) for t in tasks})
+
+    @property
+    def index_inputs(self) -> list[str]:
+        """The module's inputs after `images`, one per task in output order: the rows that asked for it."""
+        return [f"rows_{i}" for i in range(len(self.names))]
+
+    def stream_roles(self) -> dict[str, str]:
+        """Module path of each stream part that runs -> its role (record_stream_roles.py)."""
+        return dict(self._roles)
+
+    def input_roles(self) -> dict[str, str]:
+        """Graph input -> the role of the sizes the exporter reads from it (record_stream_roles.py, rule 2)."""
+        return {"images": BASE, **{i: rows_role(n) for i, n in zip(self.index_inputs, self.names)}}
+
+    def forward(self, images: torch.Tensor, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        bb = self.backbone
+        batch = images.shape[0]
+        shared = self.stem(images)
+        taps: dict[int, torch.Tensor] = {1: shared} if 1 in self.tap_points else {}
+        streams: dict[int, torch.Tensor] = {}
+        forks, merges = iter(self.forks.values()), iter(self.merges.values())
+        for step in self.schedule.steps:
+            if isinstance(step, Fork):  # rule 1: the rows that asked for the task, of the base's rows
+                streams[step.task] = next(forks)(shared, rows[step.task])
+            elif isinstance(step, RunBlock):
+                if step.task is None:
+                    shared = bb.blocks[step.block - 1](shared)
+                    if step.block + 1 in self.tap_points:
+                        taps[step.block + 1] = shared  # the base's rows come first: a tap task selects from them
+                else:
+                    streams[step.task] = self.tasks[step.task].block(step.block)(streams[step.task])
+            else:
+                shared = next(merges)(shared, *(streams.pop(t) for t in step.tasks))
+        ending = [streams.pop(t) for t in self.schedule.final_chunks if t is not None and t in streams]
+        if ending:
+            shared = self.final_merge(shared, *ending)
+        chunk_rows = [rows[t] for t in self.schedule.final_chunks if t is not None]
+        features = self.split_heads(self.neck(shared), batch, *chunk_rows)  # rule 2
+        by_stream = dict(zip(self.schedule.final_chunks, features))
+        base_features = by_stream[None]
+        taps[bb.num_blocks + 2] = base_features
+        outputs = [bb.classifier(base_features)]
+        for t, (name, branch) in enumerate(zip(self.names, self.tasks)):
+            if branch.tap:  # rule 3
+                logits = branch(self.selects[f"{name}_taps"](taps, rows[t]))
+            elif branch.siamese:
+                logits = branch(self.selects[f"{name}_base_features"](base_features, rows[t]), by_stream[t])
+            else:
+                logits = branch(base_features, by_stream[t])
+            outputs.append(self.fills[name](logits, batch, rows[t]))  # rule 4
         return tuple(outputs)

@@ -3,12 +3,15 @@
     validate   the files fit together (fingerprints, block ranges, shapes, names)
     prune      (--prune only) remove channels inside each task's tuned blocks (subtune/pruning)
     schedule   fork / block / merge / split order for the task ranges
-    lower      one PyTorch module running that schedule
+    lower      one PyTorch module running that schedule (--task-select: each task on the rows
+               that ask for it, lower.py's TaskSelectModel)
     export     torch.export -> ONNX (onnx-ir), dynamic batch
-    clean up   ONNX passes: readable stream-node names, the batch dimension named `batch`,
+    clean up   ONNX passes: stream roles, (--task-select) the row indices computed from the
+               `tasks` mask, readable stream-node names, the batch dimension named `batch`,
                no exporter debris, metadata
-    verify     ONNX Runtime vs PyTorch eager at batch 1 and another batch size (a graph over
-               2 GiB is verified from a temporary file with external data)
+    verify     ONNX Runtime vs PyTorch eager at the verification batch sizes (default 1 and 5;
+               --task-select: under several masks each); a graph over 2 GiB is verified from a
+               temporary file with external data
     check      TensorRT parser compatibility (static, runs everywhere; after verification, so
                a CPU-only user sees their graph verified first; --no-tensorrt-check skips it)
   with --precision fp16/int8 (subtune/quantization):
@@ -37,14 +40,17 @@ import onnx_ir as ir
 import torch
 
 from subtune.compiler.export import export_onnx, needs_external_data, onnx_bytes, onnx_on_disk
-from subtune.compiler.lower import MultiTaskModel
+from subtune.compiler.lower import MultiTaskModel, TaskSelectModel
 from subtune.compiler.plan import Plan
 from subtune.compiler.schedule import Fork, schedule_streams
-from subtune.compiler.verify import checks_to_json, verify
+from subtune.compiler.verify import MASKS, checks_to_json, verify
 from subtune.delta import check_preprocess, validate_task
+from subtune import graph_metadata
 from subtune.errors import SubtuneError, VerificationError
 from subtune.passes import (AttachMetadataPass, CheckTensorRTCompatPass, NameBatchDimPass, NameStreamNodesPass,
-                            RecordStreamRolesPass, StripExportMetadataPass)
+                            RecordStreamRolesPass, StripExportMetadataPass, TaskRowsFromMaskPass)
+from subtune.passes.record_stream_roles import rows_role
+from subtune.passes.task_rows_from_mask import MASK_INPUT
 from subtune.version import __version__
 
 if TYPE_CHECKING:
@@ -62,6 +68,9 @@ class CompileOptions:
     on_step: object = field(default=None)  # callable(step_name) for progress display
     prune: "PruneOptions | None" = None  # prune the channels inside every task's tuned blocks
     precision: "PrecisionOptions | None" = None  # fp16/int8 after the fp32 graph verifies; None: fp32 only
+    # A second input `tasks` ([batch, k] bool): each image computes the base plus only the tasks it asks
+    # for; a task's output is NaN in the rows that did not ask for it (lower.py, TaskSelectModel)
+    task_select: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,12 @@ def validate(plan: Plan, options: CompileOptions) -> None:
             raise SubtuneError(f"two tasks are named {task.name!r} ({seen[task.name]} and {task.path}): "
                                "output names must be unique; rename one")
         seen[task.name] = task.path or task.name
+    if options.task_select:
+        if MASK_INPUT in seen:
+            raise SubtuneError(f"a task is named {MASK_INPUT!r}, the name of a --task-select graph's mask input: "
+                               "rename the task")
+        if not plan.tasks:
+            raise SubtuneError("--task-select needs at least one task: a graph of the base alone has nothing to select")
     plan.input_size = plan.input_size or _input_size(plan)
 
 
@@ -178,30 +193,36 @@ def schedule(plan: Plan, options: CompileOptions) -> None:
 def lower(plan: Plan, options: CompileOptions) -> None:
     base_model, backbone = plan.base.build()  # a fresh copy: the module owns it
     plan.backbone = backbone
-    plan.module = MultiTaskModel(base_model, backbone, plan.tasks, plan.schedule).eval()
+    lowering = TaskSelectModel if options.task_select else MultiTaskModel
+    plan.module = lowering(base_model, backbone, plan.tasks, plan.schedule).eval()
 
 
 def export(plan: Plan, options: CompileOptions) -> None:
     example = torch.randn(plan.export_batch, 3, *plan.input_size, generator=torch.Generator().manual_seed(0))
-    plan.onnx = export_onnx(plan.module, example, plan.output_names)
+    plan.onnx = export_onnx(plan.module, example, plan.output_names,
+                            index_inputs=getattr(plan.module, "index_inputs", ()))
 
 
 def clean_up(plan: Plan, options: CompileOptions) -> None:
     forks = {s.task: f"fork_{plan.tasks[s.task].name}_before_block{s.block}"
              for s in plan.schedule.steps if isinstance(s, Fork)}
+    index_inputs = list(getattr(plan.module, "index_inputs", ()))
+    names = [t.name for t in plan.tasks] if index_inputs else []
     passes = ir.passes.Sequential(
-        RecordStreamRolesPass(plan.module.stream_roles()),  # what quantisation reads; needs the exporter's scopes
+        # what quantisation reads; needs the exporter's scopes
+        RecordStreamRolesPass(plan.module.stream_roles(), plan.module.input_roles()),
+        TaskRowsFromMaskPass(index_inputs, names, [rows_role(n) for n in names]),  # no-op without --task-select
         NameStreamNodesPass(forks),
         NameBatchDimPass(),
         StripExportMetadataPass(),
-        AttachMetadataPass(_metadata(plan)),
+        AttachMetadataPass(_metadata(plan, options)),
     )
     plan.onnx = passes(plan.onnx).model
     if needs_external_data(plan.onnx):
         plan.report["external_data"] = True  # --precision: quantised from a file (subtune/quantization/files.py)
 
 
-def _metadata(plan: Plan) -> dict[str, object]:
+def _metadata(plan: Plan, options: CompileOptions) -> dict[str, object]:
     meta: dict[str, object] = {
         "subtune.version": __version__,
         "subtune.arch": plan.base.arch,
@@ -220,7 +241,10 @@ def _metadata(plan: Plan) -> dict[str, object]:
               if isinstance(t.meta.get("pruned"), dict)}
     if pruned:
         meta["subtune.pruning"] = pruned
-    return meta
+    if options.task_select:
+        meta["subtune.task_select"] = plan.report["task_select"] = {
+            "input": MASK_INPUT, "dtype": "bool", "columns": [t.name for t in plan.tasks], "fill": "NaN"}  # lower.FILL
+    return graph_metadata.encode(meta, complete=True)
 
 
 def _pruning_summary(report: dict) -> dict[str, object]:
@@ -239,12 +263,19 @@ def verify_plan(plan: Plan, options: CompileOptions) -> None:
     batches = tuple(options.verify_batches)
     if all(b == plan.export_batch for b in batches):
         raise SubtuneError(f"verify at a batch size other than the export's ({plan.export_batch})")
-    record = {"tolerance": options.tolerance, "batches": list(batches)}
+    record: dict[str, object] = {"tolerance": options.tolerance, "batches": list(batches)}
+    if options.task_select:
+        record["task_select"] = {
+            "masks": list(MASKS),
+            "checked": ["each selected (image, task) output against the task alone, within the tolerance",
+                        "the base against the base alone, within the tolerance, and bit for bit the same under every mask",
+                        "NaN in a task's output exactly where its column of the mask is false"]}
     try:
         with contextlib.ExitStack() as stack:
             model = stack.enter_context(onnx_on_disk(plan.onnx)) if needs_external_data(plan.onnx) else serialize(plan)
             checks = verify(model, base_model, backbone, plan.tasks, plan.output_names, input_size=plan.input_size,
-                            batches=batches, tolerance=options.tolerance, seed=options.seed)
+                            batches=batches, tolerance=options.tolerance, seed=options.seed,
+                            task_select=options.task_select)
     except VerificationError as e:  # the report keeps the failing table
         plan.report["verification"] = {**record, "passed": False, "error": str(e),
                                        "checks": checks_to_json(getattr(e, "checks", []), options.tolerance)}
@@ -264,9 +295,11 @@ def record_verification(plan: Plan, options: CompileOptions) -> None:
             # no measured errors here: they vary in the last bits across CPUs, and the same inputs
             # must compile to the same bytes anywhere (the report has them)
             "tolerance": ver["tolerance"], "batches": ver["batches"], "measure": "max |error| / max |reference|",
+            **({"masks": ver["task_select"]["masks"]} if "task_select" in ver else {}),
             **({"precision": precision["precision"], "precision_checked": "verification" in precision}
                if precision else {})}
-    plan.onnx = AttachMetadataPass(meta)(plan.onnx).model
+    plan.onnx = AttachMetadataPass(graph_metadata.encode(meta))(plan.onnx).model
+    graph_metadata.decode(plan.onnx.metadata_props, "the compiled graph")  # the whole set, as every reader checks it
 
 
 def load_calibration(plan: Plan, options: CompileOptions) -> None:

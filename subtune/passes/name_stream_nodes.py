@@ -3,7 +3,9 @@
 Rules, by the exporter's module scope recorded on each node (`pkg.torch.onnx.name_scopes`):
   1. A node inside `merges.merge_after_blockK`, `final_merge` or `split_heads` is named
      `<that module>/<OpType>` (numbered when there are several of one type).
-  2. A node inside `forks.fork_<task>_before_blockK` is named the same way.
+  2. A node inside `forks.fork_<task>_before_blockK` is named the same way; with --task-select,
+     one inside `selects.<key>` is named `select_<key>/<OpType>` and one inside `fills.<task>`
+     `fill_<task>/<OpType>`.
   3. Fork nodes whose scope the exporter lost (PyTorch's decomposition sometimes re-attributes
      them to the next module): the Reshape -> Gather(axis 0) pair feeding a task's first block,
      found inside `tasks.<i>.blocks.0`, is named after that task's fork.
@@ -25,7 +27,8 @@ from onnx_ir.passes import InPlacePass, PassResult
 
 from subtune.passes.record_stream_roles import SCOPE_KEY, module_scopes  # noqa: F401 (SCOPE_KEY)
 
-STREAM_SCOPE = re.compile(r"^(merges\.(merge_after_block\d+)|final_merge|split_heads|forks\.(fork_.+_before_block\d+))$")
+STREAM_SCOPE = re.compile(r"^(merges\.(merge_after_block\d+)|final_merge|split_heads|forks\.(fork_.+_before_block\d+)"
+                          r"|(select|fill)s\.(.+))$")
 TASK_FIRST_BLOCK = re.compile(r"^tasks\.(\d+)\.blocks\.0(\.|$)")
 
 
@@ -53,7 +56,8 @@ class NameStreamNodesPass(InPlacePass):
         for scope in module_scopes(node):
             m = STREAM_SCOPE.match(scope)
             if m:  # rules 1 and 2
-                return f"{m.group(2) or m.group(3) or m.group(1)}/{node.op_type}"
+                part = f"{m.group(4)}_{m.group(5)}" if m.group(4) else m.group(2) or m.group(3) or m.group(1)
+                return f"{part}/{node.op_type}"
         for scope in module_scopes(node):  # rule 3
             m = TASK_FIRST_BLOCK.match(scope)
             if m and node.op_type in ("Reshape", "Gather") and self._is_fork_op(node, scope):

@@ -106,6 +106,6 @@ def load_task_data(task: TaskDelta, base: BaseModel, spec: str, split: str, *, l
     data = load_dataset(spec, split, image_size=size, mean=mean, std=std, limit=limit, seed=seed, label_map=label_map)
     if len(data.classes) != task.num_classes or (task.classes is not None and list(data.classes) != list(task.classes)):
         raise SubtuneError(f"{spec} ({split}) has classes {list(data.classes)[:5]}, task {task.name!r} has "
-                           f"{task.classes[:5] if task.classes else task.num_classes}: use the data (and --label-map) "
+                           f"{task.classes[:5] if task.classes else task.num_classes}: use the data (and `label_map`) "
                            "the task was trained on")
     return data.images, data.labels

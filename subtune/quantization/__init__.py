@@ -11,7 +11,6 @@
     fp16.py          fp16 conversion, graph I/O and numerically sensitive ops kept in fp32
     compare.py       the reduced graph against its fp32 graph, and the thresholds that fail a compile
     files.py         graphs as ONNX Runtime loads them: bytes, or a file with external data over 2 GiB
-    feeds.py         what a graph is fed here: the images, and all true for a task mask input
     timing.py        a quick latency check against fp32 for the report
     plot.py          the sensitivity table and PNG, the compile summary
 
@@ -27,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -92,30 +91,37 @@ class PrecisionOptions:
     allow_slower: bool = False
     sensitivity_plot: str | None = None  # PNG of the sensitivity table, written after a successful check
 
-    def check(self) -> "PrecisionOptions":
+    def check(self, *, engine: bool = False) -> "PrecisionOptions":
+        """Refuse options that cannot work, before any work is done, and return them resolved as a
+        new object (`int8_target` auto becomes the form for the runtime in use, with the reason);
+        the object it is called on is left as it was. `engine`: the graph is for a TensorRT engine.
+        Messages name the parameters (`int8_target`); the command line shows them as its flags."""
         if self.precision not in ("fp16", "int8"):
-            raise SubtuneError(f"precision {self.precision!r}: expected fp16 or int8 (fp32 is the default graph)")
+            raise SubtuneError(f"`precision` {self.precision!r}: expected fp16 or int8 (fp32 is the default graph)")
         if self.precision == "int8" and self.calibration is None:
-            raise SubtuneError("--precision int8 needs --calibration DATA: representative images to measure ranges on "
-                               "(e.g. fashion-mnist or imagefolder:DIR, the forms `subtune train --data` takes)")
+            raise SubtuneError("`precision` int8 needs `calibration` DATA: representative images to measure ranges on "
+                               "(e.g. fashion-mnist or imagefolder:DIR, the data specs training takes)")
         if self.calibration_method not in METHODS:
-            raise SubtuneError(f"--calibration-method {self.calibration_method!r}: expected one of "
-                               f"{', '.join(METHODS)}")
+            raise SubtuneError(f"`calibration_method` {self.calibration_method!r}: expected one of {', '.join(METHODS)}")
         if self.int8_target not in INT8_TARGETS:
-            raise SubtuneError(f"--int8-target {self.int8_target!r}: expected one of {', '.join(INT8_TARGETS)}")
+            raise SubtuneError(f"`int8_target` {self.int8_target!r}: expected one of {', '.join(INT8_TARGETS)}")
         if self.calibration_size < 1:
-            raise SubtuneError(f"--calibration-size {self.calibration_size}: expected a positive number of images")
+            raise SubtuneError(f"`calibration_size` {self.calibration_size}: expected a positive number of images")
         if self.check_size < 1:
-            raise SubtuneError(f"--check-size {self.check_size}: expected a positive number of images")
+            raise SubtuneError(f"`check_size` {self.check_size}: expected a positive number of images")
         if self.max_fallback is not None and self.max_fallback < 0:
-            raise SubtuneError(f"--max-fallback {self.max_fallback}: expected a number of layers, 0 or more")
+            raise SubtuneError(f"`max_fallback` {self.max_fallback}: expected a number of layers, 0 or more")
         if not 0 <= self.min_agreement <= 1 or not 0 <= self.max_accuracy_drop <= 1:
-            raise SubtuneError("--min-agreement and --max-accuracy-drop are fractions between 0 and 1 "
-                               "(e.g. 0.95, 0.01)")
+            raise SubtuneError("`min_agreement` and `max_accuracy_drop` are fractions between 0 and 1 (e.g. 0.95, 0.01)")
+        engine = self.engine or engine
+        if self.precision == "int8" and engine and self.int8_target == "cpu":
+            raise SubtuneError("`int8_target` cpu is ONNX Runtime's x86 form (uint8 activations), which TensorRT "
+                               "refuses: a TensorRT engine takes `int8_target` tensorrt (or auto)")
+        target, reason = self.int8_target, self.int8_target_reason
         if self.precision == "int8":
-            self.int8_target, reason = resolve_int8_target(self.int8_target, engine=self.engine)
-            self.int8_target_reason = self.int8_target_reason or reason
-        return self
+            target, why = resolve_int8_target(self.int8_target, engine=engine)
+            reason = reason or why
+        return replace(self, engine=engine, int8_target=target, int8_target_reason=reason)
 
     @property
     def tensorrt_compatible(self) -> bool:
@@ -180,6 +186,7 @@ class ReducedGraph:
 
 def reduce_precision(model: ir.Model, options: PrecisionOptions, calibration: CalibrationSet,
                      tasks=()) -> ReducedGraph:
+    from subtune import graph_metadata
     from subtune.passes import AttachMetadataPass
 
     if options.precision == "int8":
@@ -200,14 +207,13 @@ def reduce_precision(model: ir.Model, options: PrecisionOptions, calibration: Ca
         fp16, report = convert_fp16(model)
         reduced = ReducedGraph(fp16, None, {"precision": "fp16", **report})
     # quantize_static and the fp16 converter rebuild the model; the compiler's metadata comes along
-    meta = {k: v for k, v in model.metadata_props.items()}
-    meta["subtune.precision"] = options.precision
+    meta: dict[str, object] = {"subtune.precision": options.precision}
     if options.precision == "int8":
         meta["subtune.calibration"] = {"source": calibration.source, "method": options.calibration_method,
                                        "target": options.int8_target,
                                        "fp32_layers": reduced.report.get("mixed", {}).get("fallback", {}).get(
                                            "labels", [])}
-    AttachMetadataPass(meta)(reduced.model)
+    AttachMetadataPass({**model.metadata_props, **graph_metadata.encode(meta)})(reduced.model)
     return reduced
 
 

@@ -15,8 +15,10 @@ are cosmetic and play no part):
      consumers read its input 0, the shared stream whose rows come first in the merge.
   3. The split (role `split`) hands the base classifier chunk 0; with one stream left, chunk
      0 is the split's input itself, flattened to the features' rank 2. The flattened value keeps
-     the chunk's name.
-  4. Everything else the base output does not depend on (forks, task blocks, task heads) goes.
+     the chunk's name. (A --task-select split also reads row counts, int64 sizes: the stream it
+     splits is its one floating-point input.)
+  4. Everything else the base output does not depend on (forks, task blocks, task heads) goes,
+     and so do graph inputs it does not read (a --task-select graph's `tasks` mask).
 A graph with no recorded roles (compiled by a subtune from before they were recorded) is refused
 with a SubtuneError that says to recompile it.
 Values keep their names, so a range measured on the base stream applies to the same-named value
@@ -39,6 +41,7 @@ from subtune.errors import SubtuneError
 from subtune.passes.record_stream_roles import BASE, MERGE, ROLE_KEY, SPLIT, stream_role
 
 TASK_PARAMETER_PREFIX = "tasks."  # lower.MultiTaskModel keeps task weights under `tasks`
+SIZE_TYPES = (ir.DataType.INT64, ir.DataType.INT32)  # row counts and offsets, not streams
 
 
 @dataclass
@@ -105,6 +108,8 @@ def extract_base_stream(model: ir.Model) -> BaseStream:
     graph.outputs.clear()  # rule 1
     graph.outputs.append(base)
     RemoveUnusedNodesPass()(stream)  # rule 4
+    for value in [v for v in graph.inputs if not v.uses()]:
+        graph.inputs.remove(value)
     if split is not None:
         chunk_name, flat = split
         flat.outputs[0].name = chunk_name  # the old chunk's producer is gone now: the name is free
@@ -120,7 +125,8 @@ def _bypass_split(graph: ir.Graph, base: ir.Value, aliases: dict[str, str]) -> t
     if not split_nodes:
         return None  # one stream at the end: no split
     inside = {v for n in split_nodes for v in n.outputs}
-    sources = {v for n in split_nodes for v in n.inputs if v is not None and v not in inside and not _is_constant(v)}
+    sources = {v for n in split_nodes for v in n.inputs if v is not None and v not in inside and not _is_constant(v)
+               and v.dtype not in SIZE_TYPES}
     if len(sources) != 1:
         raise RuntimeError(f"internal error: the split reads {len(sources)} streams, expected 1")
     source = sources.pop()

@@ -1,7 +1,9 @@
 """Calibration: the images (the trainer's `--data` forms) and the tensor ranges measured on them.
 
 Ranges come from ONNX Runtime's calibrators (min-max, entropy, percentile), fed one batch per
-call so memory stays at one batch of intermediate tensors whatever the number of images.
+call so memory stays at one batch of intermediate tensors whatever the number of images. A graph
+compiled with --task-select is calibrated with every task asked for on every image (its mask
+input all true), so every task branch sees every calibration image.
 """
 
 from __future__ import annotations
@@ -103,9 +105,8 @@ def tensor_ranges(model: ir.Model, images: np.ndarray, method: str, *, symmetric
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from tqdm import tqdm
 
-    from subtune.quantization.feeds import feeds, model_inputs
-
-    inputs = model_inputs(model)
+    masks = {v.name: v.shape[1] for v in model.graph.inputs if v.dtype == ir.DataType.BOOL and v.shape is not None
+             and len(v.shape) == 2 and isinstance(v.shape[1], int)}  # --task-select: ask for every task
 
     class OneBatch(CalibrationDataReader):
         def __init__(self, batch: np.ndarray):
@@ -113,7 +114,9 @@ def tensor_ranges(model: ir.Model, images: np.ndarray, method: str, *, symmetric
 
         def get_next(self):
             batch, self.batch = self.batch, None
-            return None if batch is None else feeds(inputs, batch)
+            if batch is None:
+                return None
+            return {"images": batch, **{name: np.ones((len(batch), k), dtype=bool) for name, k in masks.items()}}
 
     from subtune.quantization.files import save, too_large
 

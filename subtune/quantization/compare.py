@@ -2,7 +2,7 @@
 
 Measured on the check images (heldout.py: the data's test split, disjoint from calibration and
 from the tasks' training data), in ONNX Runtime on CPU, in batches (so more than one batch size
-runs), per output:
+runs; a --task-select graph with every task asked for on every image), per output:
   agreement            top-1 agreement with fp32, all images
   confident_agreement  the same where fp32 is confident (max softmax >= CONFIDENT): a base whose
                        ImageNet classes the images do not have makes many close calls, where a
@@ -36,9 +36,8 @@ import numpy as np
 
 from subtune.errors import VerificationError
 from subtune.quantization.calibration import CalibrationSet
-from subtune.quantization.feeds import feeds, session_inputs
 from subtune.quantization.heldout import CheckSet
-from subtune.runtimes.onnxruntime import make_session
+from subtune.runtimes.onnxruntime import every_task_feeds, make_session
 
 EVAL_BATCH = 16
 CONFIDENT = 0.5  # max softmax probability at which fp32's top-1 counts as a decision
@@ -103,8 +102,7 @@ def labelled_outputs(tasks, data: CalibrationSet) -> set[str]:
 def run_batches(model: bytes | Path, images: np.ndarray, output_names: list[str], *,
                 emulate_qdq: bool = False) -> list[np.ndarray]:
     session = make_session(model, config=dict([EMULATE_QDQ]) if emulate_qdq else None)
-    inputs = session_inputs(session)
-    parts = [session.run(output_names, feeds(inputs, images[i:i + EVAL_BATCH]))
+    parts = [session.run(output_names, every_task_feeds(session, images[i:i + EVAL_BATCH]))
              for i in range(0, len(images), EVAL_BATCH)]
     return [np.concatenate([p[k] for p in parts]).astype(np.float32) for k in range(len(output_names))]
 

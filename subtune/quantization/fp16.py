@@ -6,7 +6,9 @@ Kept in fp32:
      the input costs nothing next to the first convolution.
   2. Normalisation statistics and softmax (FP32_OPS): sums over many terms, where fp16 loses
      digits that the next layer amplifies.
-  3. The heads, the nodes producing graph outputs: the logits are compared and thresholded.
+  3. The heads, the nodes producing graph outputs: the logits are compared and thresholded. In a
+     --task-select graph a task's output comes from its fill (stream role `fill:<task>`, which
+     scatters the logits into a NaN batch): the fill and the head feeding it stay fp32.
 Everything else (convolutions, matrix products, activations, fork/merge/split) runs in fp16.
 ONNX Runtime's CPU provider runs the result (casting where it lacks fp16 kernels), which is what
 verification uses; speed is for the GPU runtimes.
@@ -17,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import warnings
 
+import onnx
 import onnx_ir as ir
 
+from subtune.passes.record_stream_roles import FILL_PREFIX, ROLE_KEY, TASK_PREFIX
 from subtune.quantization.calibration import quiet_onnxruntime_quantization
 from subtune.quantization.files import on_disk, too_large
 
@@ -29,11 +33,13 @@ FP32_OPS = ["LayerNormalization", "GroupNormalization", "InstanceNormalization",
 def convert_fp16(model: ir.Model) -> tuple[ir.Model, dict]:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    outputs = {v.name for v in model.graph.outputs}
-    heads = sorted(n.name for n in model.graph if outputs & {v.name for v in n.outputs})
     with contextlib.ExitStack() as stack:
-        # a graph over 2 GiB goes as a file (its weights as external data), which the converter shape-infers from
-        source = str(stack.enter_context(on_disk(model))) if too_large(model) else ir.to_proto(model)
+        if too_large(model):  # as a file, its weights as external data, which the converter shape-infers from
+            path = stack.enter_context(on_disk(model))
+            source, structure = str(path), onnx.load(path, load_external_data=False)
+        else:
+            source = structure = ir.to_proto(model)
+        heads = sorted(_heads(structure.graph))
         stack.enter_context(warnings.catch_warnings())
         stack.enter_context(quiet_onnxruntime_quantization())
         warnings.simplefilter("ignore")  # value-range notes about weights rounded to fp16
@@ -43,3 +49,21 @@ def convert_fp16(model: ir.Model) -> tuple[ir.Model, dict]:
     report = {"scheme": {"weights": "fp16", "activations": "fp16", "graph_io": "fp32 (Cast at the boundary)",
                          "kept_fp32": {"ops": kept, "heads": heads}}}
     return ir.from_proto(converted), report
+
+
+def _heads(graph) -> set[str]:
+    """Rule 3: names of the nodes producing graph outputs, and behind a fill the fill's own nodes and
+    the head it scatters."""
+    producer = {out: node for node in graph.node for out in node.output}
+    role = {node.name: next((p.value for p in node.metadata_props if p.key == ROLE_KEY), "") for node in graph.node}
+    stack = [producer[v.name] for v in graph.output if v.name in producer]
+    heads: set[str] = set()
+    while stack:
+        node = stack.pop()
+        if node.name in heads:
+            continue
+        heads.add(node.name)
+        if role[node.name].startswith(FILL_PREFIX):
+            stack += [p for p in (producer.get(name) for name in node.input)
+                      if p is not None and role[p.name].startswith((FILL_PREFIX, TASK_PREFIX))]
+    return heads

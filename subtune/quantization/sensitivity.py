@@ -35,10 +35,9 @@ import onnx
 import onnx_ir as ir
 
 from subtune.quantization.compare import EMULATE_QDQ, EVAL_BATCH, compare_output, run_batches
-from subtune.quantization.feeds import feeds, session_inputs
 from subtune.quantization.fallback import QUANTISED_SUFFIX, Unit, dq_source, fall_back
 from subtune.quantization.files import EXTERNAL_DATA_THRESHOLD, runnable
-from subtune.runtimes.onnxruntime import make_session
+from subtune.runtimes.onnxruntime import every_task_feeds, make_session
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +106,8 @@ def sensitivity_one_graph(quantised: ir.Model, weights, units: list[Unit], image
                       disable=not sys.stderr.isatty(), leave=False):
         session = make_session(builder.graph(chunk), config=config)
         fetch = list(outputs) + [name for c in chunk for name in c.fetches.values()]
-        inputs = session_inputs(session)
-        parts = [session.run(fetch, feeds(inputs, images[i:i + EVAL_BATCH])) for i in range(0, len(images), EVAL_BATCH)]
+        parts = [session.run(fetch, every_task_feeds(session, images[i:i + EVAL_BATCH]))
+                 for i in range(0, len(images), EVAL_BATCH)]
         got = {name: np.concatenate([p[k] for p in parts]).astype(np.float32) for k, name in enumerate(fetch)}
         del session, parts
         for c in chunk:

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from subtune.machine import cpu_flags
-from subtune.quantization.feeds import feeds, session_inputs
-from subtune.runtimes.onnxruntime import session_from_bytes
+from subtune.runtimes.onnxruntime import every_task_feeds, session_from_bytes
 
 BATCHES = (1, 8)
 ROUNDS, RUNS = 5, 3  # rounds, and at most this many runs of each graph per round
@@ -37,19 +36,19 @@ def latency_ratios(fp32: bytes | Path, reduced: bytes | Path, images: np.ndarray
            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     for batch in batches:
         x = np.resize(images, (batch, *images.shape[1:])).astype(np.float32)
-        inputs = {name: feeds(session_inputs(s), x) for name, s in sessions.items()}
+        feeds = {k: every_task_feeds(s, x) for k, s in sessions.items()}  # --task-select graphs: every task asked
         times = {k: [] for k in sessions}
         warm = 0.0
         for name, s in sessions.items():  # warm-up
             start = time.perf_counter()
-            s.run(None, inputs[name])
+            s.run(None, feeds[name])
             warm = max(warm, time.perf_counter() - start)
         repeat = max(1, min(runs, math.ceil(MIN_ROUND_SECONDS / max(warm, 1e-6))))
         for _ in range(rounds):
             for name, s in sessions.items():
                 start = time.perf_counter()
                 for _ in range(repeat):
-                    s.run(None, inputs[name])
+                    s.run(None, feeds[name])
                 times[name].append((time.perf_counter() - start) / repeat * 1e3)
         f, r = statistics.median(times["fp32"]), statistics.median(times["reduced"])
         out[f"batch_{batch}"] = {"fp32_ms": round(f, 3), "reduced_ms": round(r, 3), "ratio": round(r / f, 3),

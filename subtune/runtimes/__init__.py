@@ -2,7 +2,8 @@
 execution providers when present), TensorRT `.plan` engines, and PyTorch eager.
 
     base.py         BaseRunner (activate / infer / deactivate / describe / last inference time)
-    onnxruntime.py  SessionFromOnnx loader, OnnxrtRunner
+    onnxruntime.py  SessionFromOnnx loader, OnnxrtRunner, CompiledGraphRunner (a compiled graph by
+                    output and task name; per-image task selection)
     tensorrt.py     build_engine, compare_engine, EngineFromPath loader, TrtRunner (UNRUN: needs a GPU)
     pytorch.py      TorchRunner
 
@@ -17,14 +18,14 @@ from pathlib import Path
 
 from subtune.errors import SubtuneError
 from subtune.runtimes.base import BaseRunner, TensorSpec
-from subtune.runtimes.onnxruntime import OnnxrtRunner, SessionFromOnnx
+from subtune.runtimes.onnxruntime import CompiledGraphRunner, OnnxrtRunner, SessionFromOnnx
 from subtune.runtimes.pytorch import TorchRunner
 from subtune.runtimes.tensorrt import EngineFromPath, TrtRunner
 
 ENGINE_SUFFIXES = (".plan", ".engine")
 
-__all__ = ["BaseRunner", "TensorSpec", "OnnxrtRunner", "SessionFromOnnx", "TorchRunner", "TrtRunner",
-           "EngineFromPath", "runner_for_file"]
+__all__ = ["BaseRunner", "TensorSpec", "OnnxrtRunner", "CompiledGraphRunner", "SessionFromOnnx", "TorchRunner",
+           "TrtRunner", "EngineFromPath", "runner_for_file"]
 
 
 def runner_for_file(path: str | os.PathLike, *, provider: str | None = None, threads: int | None = None,

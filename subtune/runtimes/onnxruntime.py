@@ -4,6 +4,9 @@ execution providers where the installed onnxruntime build has them (onnxruntime-
     with OnnxrtRunner(SessionFromOnnx("model.onnx", provider="cpu", threads=2)) as runner:
         runner.infer({"images": batch})
 
+    with CompiledGraphRunner(SessionFromOnnx("model.onnx")) as graph:   # a graph subtune compiled
+        graph.run(batch, tasks=["dogs"])    # by name; with --task-select, only the tasks asked for
+
 Every session subtune makes comes from make_session (SessionFromOnnx is its lazy loader), so the
 providers, threads, optimisation level and the check that the asked provider started are set
 in one place. (The Triton python-backend model, serving/models/graph_model.py, makes its own:
@@ -185,6 +188,19 @@ def session_from_bytes(model: bytes | str | Path, *, threads: int | None = None,
     return make_session(model, provider=provider, threads=threads, prepack=prepack)
 
 
+def every_task_feeds(session, images: "np.ndarray") -> dict[str, "np.ndarray"]:
+    """Feeds for `images` that ask for every task on every image: `images`, and for a graph
+    compiled with --task-select its mask input (bool [batch, k]) all true."""
+    import numpy as np
+
+    feeds = {"images": images}
+    for value in session.get_inputs():
+        if value.name != "images" and value.type == "tensor(bool)" and len(value.shape) == 2 \
+                and isinstance(value.shape[1], int):
+            feeds[value.name] = np.ones((len(images), value.shape[1]), dtype=bool)
+    return feeds
+
+
 class OnnxrtRunner(BaseRunner):
     runtime = "onnxruntime"
 
@@ -225,6 +241,112 @@ class OnnxrtRunner(BaseRunner):
         if self.session is not None:
             info["execution_providers"] = self.session.get_providers()
         return info
+
+
+class CompiledGraphRunner(OnnxrtRunner):
+    """A graph subtune compiled, run by output and task name (its metadata says what it offers).
+
+        with CompiledGraphRunner(SessionFromOnnx("model.onnx")) as graph:   # or subtune.load_graph
+            graph.run(images)                                    # {"base": ..., "dogs": ..., "cats": ...}
+            graph.run(images, tasks=["dogs"])                    # every image asks for dogs
+            graph.run(images, tasks=[["dogs"], [], ["cats"]])    # per image
+            graph.run(images, tasks=mask)                        # bool [batch, k], columns as in .tasks
+
+    Choosing tasks needs a graph compiled with --task-select (input `tasks`, bool [batch, k]):
+    each image then computes the base plus only the tasks it asks for, and a task's output is
+    NaN in the rows that did not ask for it. `infer(feeds)` (the runner interface) refuses a
+    `tasks` feed of the wrong dtype, shape or width in one line, as `run` does."""
+
+    def __init__(self, session, name: str | None = None):
+        super().__init__(session, name)
+        self.metadata: dict[str, Any] = {}
+        self.tasks: list[str] = []  # the task outputs, in order (the mask's columns)
+        self.mask_input: str | None = None  # the input choosing tasks per image; None: not a --task-select graph
+
+    def activate_impl(self) -> None:
+        from subtune.graph_metadata import GraphMetadataError, decode
+
+        super().activate_impl()
+        try:
+            self.metadata = decode(self.session.get_modelmeta().custom_metadata_map, self.name)
+        except GraphMetadataError as e:
+            raise SubtuneError(str(e)) from e
+        self.tasks = [str(t["name"]) for t in self.metadata["subtune.tasks"]]
+        spec = self.metadata.get("subtune.task_select")
+        self.mask_input = str(spec["input"]) if spec else None
+        if spec and list(spec["columns"]) != self.tasks:
+            raise SubtuneError(f"{self.name}: its task-select columns {spec['columns']} are not its tasks {self.tasks}; "
+                               "compile the graph again")
+
+    @property
+    def task_select(self) -> bool:
+        return self.mask_input is not None
+
+    def run(self, images: "np.ndarray", tasks=None) -> dict[str, "np.ndarray"]:
+        """Every output for `images` (float32 [batch, 3, H, W]). `tasks` (a --task-select graph
+        only): None for every task on every image; a task name or a list of names, for every
+        image; a list with one list of names per image; or a bool mask [batch, k]."""
+        import numpy as np
+
+        self._require_active("run")
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise SubtuneError(f"{self.name}: images must be [batch, 3, H, W], found shape {list(images.shape)}")
+        feeds = {"images": images}
+        if self.mask_input is not None:
+            feeds[self.mask_input] = self.mask(tasks, len(images))
+        elif tasks is not None:
+            raise SubtuneError(f"{self.name} was compiled without --task-select: every image computes every task; "
+                               "recompile it with --task-select to choose tasks per image")
+        return self.infer(feeds)
+
+    def mask(self, tasks, batch: int) -> "np.ndarray":
+        """The `tasks` input for `batch` images asking for `tasks` (the forms `run` takes)."""
+        import numpy as np
+
+        k = len(self.tasks)
+        if tasks is None:
+            return np.ones((batch, k), dtype=bool)
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        if isinstance(tasks, np.ndarray):
+            self._check_mask(tasks, batch)
+            return tasks
+        tasks = list(tasks)
+        if all(isinstance(t, str) for t in tasks):  # the same tasks for every image
+            row = np.zeros(k, dtype=bool)
+            row[np.array([self._column(t) for t in tasks], dtype=np.intp)] = True
+            return np.broadcast_to(row, (batch, k)).copy()
+        if len(tasks) != batch or not all(isinstance(t, (list, tuple, set)) for t in tasks):
+            raise SubtuneError(f"{self.name}: tasks per image must be one list of task names per image ({batch} "
+                               f"lists), found {len(tasks)} entries; or give task names for every image, or a bool "
+                               f"mask [{batch}, {k}]")
+        mask = np.zeros((batch, k), dtype=bool)
+        for row, names in enumerate(tasks):
+            mask[row, np.array([self._column(t) for t in names], dtype=np.intp)] = True
+        return mask
+
+    def infer_impl(self, feeds: dict[str, "np.ndarray"]) -> dict[str, "np.ndarray"]:
+        if self.mask_input is not None and self.mask_input in feeds:
+            self._check_mask(feeds[self.mask_input], len(feeds["images"]) if "images" in feeds else None)
+        return super().infer_impl(feeds)
+
+    def _column(self, task) -> int:
+        if task not in self.tasks:
+            raise SubtuneError(f"{self.name}: no task {task!r}; its tasks are {', '.join(self.tasks)}")
+        return self.tasks.index(task)
+
+    def _check_mask(self, mask, batch: int | None) -> None:
+        import numpy as np
+
+        k = len(self.tasks)
+        expected = f"[{batch if batch is not None else 'batch'}, {k}]"
+        found = f"{getattr(mask, 'dtype', type(mask).__name__)} of shape {list(np.shape(mask))}"
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.ndim != 2 or mask.shape[1] != k \
+                or (batch is not None and mask.shape[0] != batch):
+            raise SubtuneError(f"{self.name}: input {self.mask_input!r} must be a bool array {expected} (one row per "
+                               f"image, one column per task: {', '.join(self.tasks)}), found {found}; build it with "
+                               "the runner's mask(task names, batch)")
 
 
 def _numpy_type(onnx_type: str) -> str:

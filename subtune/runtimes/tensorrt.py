@@ -14,9 +14,13 @@ tests are marked `gpu` and skip without TensorRT and a CUDA device.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
+import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +30,14 @@ from subtune.runtimes.base import BaseRunner, TensorSpec
 
 if TYPE_CHECKING:
     import numpy as np
+    import onnx
+
+# The ONNX graph an engine was built from (engine.onnx, written beside engine.plan) records the
+# engine under this metadata key (declared in subtune/graph_metadata.schema.json): {"sha256": the
+# engine file's, "graph_sha256": the ONNX graph's (onnx_graph_sha256), "batch_range": [min, opt,
+# max]}. The engine carries the graph's hash back: it is the TensorRT network's name, which a
+# deserialized engine reports (ICudaEngine.name).
+ENGINE_KEY = "subtune.engine"
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -64,7 +76,8 @@ def _first_line(e: BaseException) -> str:
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, input_size: tuple[int, int],
                  batch_range: tuple[int, int, int] = (1, 8, 32), workspace_gib: float = 4.0,
-                 sample_shape: tuple[int, ...] | None = None, strongly_typed: bool = False) -> None:
+                 sample_shape: tuple[int, ...] | None = None, strongly_typed: bool = False,
+                 network_name: str | None = None) -> None:
     """Parse the ONNX file (external data beside it is found from its path) and build a
     serialized engine, written atomically, with one dynamic-batch profile for its input
     `images`, of shape [batch, 3, H, W], or [batch, *sample_shape] when given (the benchmark's
@@ -75,7 +88,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     from the graph instead of choosing kernels freely, which may run a QDQ/FP16 graph in fp32;
     TensorRT 11 networks are strongly typed always. FP32 graphs build with TF32 off
     (Polygraphy's default), so the engine's arithmetic is the graph's. Polygraphy and TensorRT
-    failures become one-line SubtuneErrors."""
+    failures become one-line SubtuneErrors. `network_name` names the network, and so the engine
+    (`ICudaEngine.name` after deserializing): the compiler gives it the ONNX graph's hash, which
+    ties the engine to the graph it was built from (check_engine_pair)."""
     reason = tensorrt_unavailable_reason()
     if reason:
         raise SubtuneError(f"cannot build a TensorRT engine: {reason}; compile with -o model.onnx for the CPU path")
@@ -92,6 +107,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         config = CreateConfig(profiles=[profile],
                               memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))})
         network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=typed)
+        if network_name is not None:
+            network = _named_network(network, network_name)
         with atomic_path(engine_path) as tmp:
             SaveEngine(EngineFromNetwork(network, config=config), path=str(tmp))()
     except SubtuneError:
@@ -101,6 +118,152 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
                            "rerun with --debug for TensorRT's log") from e
     if not Path(engine_path).is_file():
         raise SubtuneError(f"TensorRT did not produce {engine_path}")
+
+
+def _named_network(loader, name: str):
+    """A Polygraphy network loader whose network is named `name` (EngineFromNetwork takes any
+    callable that returns (builder, network, parser))."""
+
+    def load():
+        builder, network, *rest = loader()
+        network.name = name
+        return (builder, network, *rest)
+
+    return load
+
+
+# --------------------------------------------------------------------------- engine and ONNX: a pair
+
+
+def onnx_graph_sha256(model: "onnx.ModelProto | str | os.PathLike") -> str:
+    """The identity of an ONNX graph: sha256 of `ModelProto.graph`, serialized deterministically.
+    The model-level metadata lies outside the graph, so recording an engine there leaves the hash
+    as it was; with external data the graph holds the weights' locations, not their bytes."""
+    if isinstance(model, (str, os.PathLike)):
+        import onnx
+
+        model = onnx.load(str(model), load_external_data=False)
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    path = Path(path)
+    stat = path.stat()
+    return _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:  # cached per version of the file: engines are large
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def record_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *,
+                  batch_range: tuple[int, int, int], graph_sha256: str) -> dict:
+    """Write the engine's identity into the metadata of the ONNX file it was built from (the
+    file is rewritten in place; external data beside it stays as it is). Returns the record."""
+    import onnx
+
+    from subtune.graph_metadata import encode
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if onnx_graph_sha256(model) != graph_sha256:
+        raise RuntimeError(f"{onnx_path} changed between the engine build and its record")  # a bug
+    record = {"sha256": file_sha256(engine_path), "graph_sha256": graph_sha256,
+              "batch_range": list(check_batch_range(batch_range))}
+    props = [p for p in model.metadata_props if p.key != ENGINE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    model.metadata_props.add(key=ENGINE_KEY, value=encode({ENGINE_KEY: record})[ENGINE_KEY])
+    onnx.save_model(model, str(onnx_path))
+    return record
+
+
+@dataclass(frozen=True)
+class EnginePair:
+    """An engine and the ONNX graph it was built from, checked to belong together."""
+
+    engine: Path
+    onnx: Path
+    sha256: str  # the engine file's
+    graph_sha256: str  # the ONNX graph's, which is also the engine's network name
+    batch_range: tuple[int, int, int]  # the engine's profile for `images`: min, opt, max batch
+    checked_by_tensorrt: bool  # the engine was deserialized here and named the graph (else: hashes only)
+
+
+def check_engine_pair(engine_path: str | os.PathLike, model: "onnx.ModelProto",
+                      onnx_path: str | os.PathLike) -> EnginePair:
+    """Refuse an engine and an engine.onnx that do not belong together: the ONNX must record the
+    engine (ENGINE_KEY) with the engine file's sha256, and its own graph must hash to the graph the
+    engine was built from. Where TensorRT is usable the engine is also deserialized: its name must
+    be that graph hash and its batch profile the recorded one. `model`: the ONNX, loaded without
+    its external data."""
+    engine_path, onnx_path = Path(engine_path), Path(onnx_path)
+    fix = f"compile again (subtune-compile ... -o {engine_path.name} writes both) and keep the two files together"
+    raw = next((p.value for p in model.metadata_props if p.key == ENGINE_KEY), None)
+    if raw is None:
+        raise SubtuneError(f"{onnx_path} records no engine ({ENGINE_KEY}): it is not the ONNX graph {engine_path.name} "
+                           f"was built from; {fix}")
+    from subtune.graph_metadata import check, keys
+
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = raw
+    problem = check(record, keys()[ENGINE_KEY]["schema"], ENGINE_KEY)
+    if problem:
+        raise SubtuneError(f"{onnx_path}: its engine record is not one: {problem}; {fix}")
+    sha, graph_sha = record["sha256"], record["graph_sha256"]
+    try:
+        batch_range = check_batch_range(tuple(record["batch_range"]))
+    except SubtuneError as e:
+        raise SubtuneError(f"{onnx_path}: its {ENGINE_KEY} batch_range: {e}; {fix}") from None
+    if onnx_graph_sha256(model) != graph_sha:
+        raise SubtuneError(f"{onnx_path}: its graph is not the one {engine_path.name} was built from (the graph hash "
+                           f"differs from the recorded {graph_sha[:12]}: edited after the compile?); {fix}")
+    found = file_sha256(engine_path)
+    if found != sha:
+        raise SubtuneError(f"{engine_path} is not the engine {onnx_path.name} was built into (sha256 {found[:12]}, "
+                           f"the ONNX records {sha[:12]}): the two files come from different compiles; {fix}")
+    checked = tensorrt_unavailable_reason() is None
+    if checked:
+        name, profile = engine_identity(engine_path)
+        if name != graph_sha:
+            raise SubtuneError(f"{engine_path} was built from another graph (its network name {name[:64]!r} is "
+                               f"not the graph hash of {onnx_path.name}, {graph_sha[:12]}); {fix}")
+        if profile != batch_range:
+            raise SubtuneError(f"{engine_path}: its batch profile {list(profile)} is not the recorded "
+                               f"{list(batch_range)}; {fix}")
+    return EnginePair(engine_path, onnx_path, sha, graph_sha, batch_range, checked)
+
+
+def engine_identity(engine_path: str | os.PathLike, input_name: str = "images") -> tuple[str, tuple[int, int, int]]:
+    """(network name, (min, opt, max) batch of `input_name`'s first profile) of an engine file;
+    needs TensorRT (deserializes the engine; no GPU memory is allocated for running it)."""
+    loader = EngineFromPath(engine_path)  # holds the runtime, which must outlive the engine
+    engine = loader()
+    try:
+        lo, opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(input_name, 0))
+    except Exception as e:  # noqa: BLE001 - no such input, or no profile: not an engine subtune built
+        raise SubtuneError(f"{engine_path}: no optimisation profile for input {input_name!r} ({_first_line(e)}); "
+                           "expected an engine built by subtune-compile") from e
+    return str(engine.name), (int(lo[0]), int(opt[0]), int(hi[0]))
+
+
+def check_max_batch_size(engine_path: str | os.PathLike, batch_range, max_batch_size: int) -> None:
+    """Triton sends an engine any batch from 1 to `max_batch_size`: each must be inside the
+    engine's batch profile `batch_range` (min, opt, max)."""
+    name, (lo, _, hi) = Path(engine_path).name, batch_range
+    if max_batch_size > hi:
+        raise SubtuneError(f"`max_batch_size` {max_batch_size} exceeds the largest batch {name} takes ({hi}, its batch "
+                           f"profile {lo}..{hi}): lower it to {hi} or less, or build the engine with a larger "
+                           "`batch_range` MAX")
+    if lo > 1:
+        raise SubtuneError(f"{name} takes batches {lo}..{hi}, and Triton sends any batch from 1 to `max_batch_size`: "
+                           "build the engine with `batch_range` MIN 1")
 
 
 def compare_engine(engine_path: str | os.PathLike, onnx_path: str | os.PathLike, output_names: list[str], *,

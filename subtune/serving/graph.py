@@ -1,5 +1,5 @@
 """What a compiled graph offers a server: its input, its outputs with their shapes, and the
-subtune metadata the compiler attached (README, "The compiled graph")."""
+subtune metadata the compiler attached, read through subtune.graph_metadata (its one definition)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from subtune.errors import SubtuneError
+from subtune.graph_metadata import GraphMetadataError, decode
 
 ENGINE_SUFFIXES = (".plan", ".engine")
 
@@ -25,7 +26,7 @@ class GraphInfo:
     onnx_path: Path  # the ONNX graph the metadata comes from (the engine's own source for a .plan)
     inputs: list[Tensor]
     outputs: list[Tensor]
-    metadata: dict[str, object] = field(default_factory=dict)  # subtune.* keys, JSON-decoded
+    metadata: dict[str, object] = field(default_factory=dict)  # subtune.* keys, decoded and checked (graph_metadata)
     external_data: list[str] = field(default_factory=list)  # weight files beside the ONNX (relative names)
 
     @property
@@ -93,18 +94,19 @@ def read_graph(path: str | Path) -> GraphInfo:
     except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
         raise SubtuneError(f"{onnx_path}: not a readable ONNX file ({type(e).__name__}); "
                            "compile it again with subtune-compile") from e
+    if onnx_path != path:  # an engine and the ONNX beside it must be one compile's pair
+        from subtune.runtimes.tensorrt import check_engine_pair
+
+        check_engine_pair(path, model, onnx_path)
     initializers = {i.name for i in model.graph.initializer}
     inputs = [_tensor(v, onnx_path) for v in model.graph.input if v.name not in initializers]
     outputs = [_tensor(v, onnx_path) for v in model.graph.output]
     if not inputs or not outputs:
         raise SubtuneError(f"{onnx_path}: the graph has no inputs or no outputs; compile it again")
-    meta: dict[str, object] = {}
-    for p in model.metadata_props:
-        if p.key.startswith("subtune."):
-            try:
-                meta[p.key] = json.loads(p.value)
-            except ValueError:
-                meta[p.key] = p.value
+    try:
+        meta = decode({p.key: p.value for p in model.metadata_props}, str(onnx_path))
+    except GraphMetadataError as e:
+        raise SubtuneError(str(e)) from None
     external = sorted({e.value for t in _initializers(model.graph) for e in t.external_data if e.key == "location"})
     for name in external:
         if Path(name).is_absolute() or ".." in Path(name).parts or not (onnx_path.parent / name).is_file():

@@ -2,12 +2,20 @@
 
     REPO/NAME/config.pbtxt            the graph: input `images`, every output (`base`, then the
                                       tasks) with dims, max_batch_size, dynamic batching, instance
-                                      groups, the subtune metadata under `parameters`
-    REPO/NAME/labels_<task>.txt       one class name a line: Triton's classification extension
-    REPO/NAME/1/model.onnx|model.plan|model.py (+ model.onnx for the python backend)
+                                      groups, the subtune metadata under `parameters`; the version
+                                      it serves (`version_policy: specific`) and the versions served
+                                      so far (parameter `served_versions`, for `subtune rollout --rollback`)
+    REPO/NAME/1/                      version 1: model.onnx (+ its .data weights file, when the
+                                      graph has one) or model.plan; model.py for the python backend;
+                                      labels_<task>.txt, one class name a line (Triton's
+                                      classification extension), so each version has its own
     with --preprocess:
     REPO/NAME_preprocess/             python backend: encoded image bytes -> `images`
-    REPO/NAME_ensemble/               ensemble: image bytes -> preprocess -> NAME -> outputs
+    REPO/NAME_ensemble/               ensemble: image bytes -> preprocess -> NAME -> outputs; its
+                                      outputs and label files are those of the version served
+
+`subtune rollout` (serving/rollout.py) adds versions 2, 3, ... beside the first and switches the
+configuration between them while the server runs.
 
 Backends: `python` (ONNX Runtime inside Triton's python backend: what loads with the tritonserver
 that installs from PyPI, CPU), `onnxruntime` (platform onnxruntime_onnx) and `tensorrt`
@@ -30,6 +38,9 @@ from subtune.serving.pbtxt import Enum, dumps
 BACKENDS = ("python", "onnxruntime", "tensorrt")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 IMAGE_BYTES = "image_bytes"
+FIRST_VERSION = 1
+HISTORY_PARAMETER = "served_versions"  # JSON list of the versions served, in order, the current one last
+GRAPH_FILE_PARAMETER = "graph_file"  # python backend: the graph's file name inside the version folder
 
 
 @dataclass
@@ -83,11 +94,13 @@ class Repository:
     ensemble: str | None
     backend: str
     outputs: list[str]
-    labels: dict[str, str] = field(default_factory=dict)  # output -> label file name
+    labels: dict[str, str] = field(default_factory=dict)  # output -> label file (relative to the graph's model folder)
+    version: int = FIRST_VERSION  # the version the configuration serves
 
     def describe(self) -> dict:
         return {"repository": str(self.path), "models": self.models, "graph_model": self.graph_model,
-                "ensemble": self.ensemble, "backend": self.backend, "outputs": self.outputs, "labels": self.labels}
+                "ensemble": self.ensemble, "backend": self.backend, "outputs": self.outputs, "labels": self.labels,
+                "version": self.version}
 
 
 def _preferred_sizes(max_batch: int) -> list[int]:
@@ -102,8 +115,30 @@ def _param(key: str, value: str) -> dict:
     return {"key": key, "value": {"string_value": value}}
 
 
-def graph_config(graph: GraphInfo, opts: RepoOptions) -> tuple[dict, dict[str, list[str]]]:
-    """config.pbtxt as a dict, and the label files (file name -> class names)."""
+def graph_outputs(graph: GraphInfo, version: int) -> tuple[list[dict], dict[str, list[str]]]:
+    """The graph's outputs as config entries, and its label files (file name inside the version
+    folder -> class names). A task output with class names gets `label_filename`
+    `<version>/labels_<task>.txt`: the labels live in the version folder, so versions with
+    different classes for a task each keep their own."""
+    outputs, labels = [], {}
+    for t in graph.outputs:
+        out = {"name": t.name, "data_type": Enum(f"TYPE_{t.dtype}"), "dims": t.dims}
+        classes = graph.classes(t.name)
+        if classes and len(t.dims) == 1 and t.dims[0] in (-1, len(classes)):
+            labels[f"labels_{t.name}.txt"] = classes
+            out["label_filename"] = f"{version}/labels_{t.name}.txt"
+        outputs.append(out)
+    return outputs, labels
+
+
+def metadata_parameters(graph: GraphInfo) -> dict[str, str]:
+    """The graph's subtune metadata as config parameters (strings; JSON for anything else)."""
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in sorted(graph.metadata.items())}
+
+
+def graph_config(graph: GraphInfo, opts: RepoOptions, version: int = FIRST_VERSION) -> tuple[dict, dict[str, list[str]]]:
+    """config.pbtxt as a dict serving `version`, and that version's label files (file name inside
+    the version folder -> class names)."""
     if len(graph.inputs) != 1:
         raise SubtuneError(f"{graph.onnx_path}: expected one input (images), found {[i.name for i in graph.inputs]}")
     config: dict = {"name": opts.name}
@@ -112,24 +147,17 @@ def graph_config(graph: GraphInfo, opts: RepoOptions) -> tuple[dict, dict[str, l
     else:
         config["platform"] = "onnxruntime_onnx" if opts.backend == "onnxruntime" else "tensorrt_plan"
     config["max_batch_size"] = opts.max_batch_size
+    config["version_policy"] = {"specific": {"versions": [version]}}
     config["input"] = [{"name": t.name, "data_type": Enum(f"TYPE_{t.dtype}"), "dims": t.dims} for t in graph.inputs]
-    outputs, labels = [], {}
-    for t in graph.outputs:
-        out = {"name": t.name, "data_type": Enum(f"TYPE_{t.dtype}"), "dims": t.dims}
-        classes = graph.classes(t.name)
-        if classes and len(t.dims) == 1 and t.dims[0] in (-1, len(classes)):
-            out["label_filename"] = f"labels_{t.name}.txt"
-            labels[out["label_filename"]] = classes
-        outputs.append(out)
-    config["output"] = outputs
+    config["output"], labels = graph_outputs(graph, version)
     if opts.dynamic_batching and opts.max_batch_size > 1:
         config["dynamic_batching"] = {"preferred_batch_size": _preferred_sizes(opts.max_batch_size),
                                       "max_queue_delay_microseconds": opts.queue_delay_us}
     config["instance_group"] = [{"count": opts.instances, "kind": Enum(f"KIND_{opts.device.upper()}")}]
-    params = [_param(k, v if isinstance(v, str) else json.dumps(v, sort_keys=True))
-              for k, v in sorted(graph.metadata.items())]
+    params = [_param(k, v) for k, v in metadata_parameters(graph).items()]
+    params.append(_param(HISTORY_PARAMETER, json.dumps([version])))
     if opts.backend == "python":
-        params += [_param("graph_file", "model.onnx"), _param("ort_intra_op_threads", str(opts.ort_threads)),
+        params += [_param(GRAPH_FILE_PARAMETER, "model.onnx"), _param("ort_intra_op_threads", str(opts.ort_threads)),
                    _param("ort_allow_spinning", "0")]
     config["parameters"] = params
     if opts.backend == "onnxruntime":
@@ -151,10 +179,17 @@ def preprocess_config(graph: GraphInfo, opts: RepoOptions, pre: dict) -> dict:
     return config
 
 
+def ensemble_outputs(graph_model: str, graph_outputs: list[dict]) -> list[dict]:
+    """The ensemble's outputs: the graph's, with their label files read from the graph model's
+    version folder (`../<graph model>/<version>/labels_<task>.txt`)."""
+    return [{**o, "label_filename": f"../{graph_model}/{o['label_filename']}"} if "label_filename" in o else dict(o)
+            for o in graph_outputs]
+
+
 def ensemble_config(graph: GraphInfo, opts: RepoOptions, graph_cfg: dict) -> dict:
     image = graph.inputs[0].name
     pre_name = f"{opts.name}_preprocess"
-    outputs = [{k: v for k, v in o.items()} for o in graph_cfg["output"]]
+    outputs = ensemble_outputs(opts.name, graph_cfg["output"])
     return {
         "name": f"{opts.name}_ensemble", "platform": "ensemble", "max_batch_size": opts.max_batch_size,
         "input": [{"name": IMAGE_BYTES, "data_type": Enum("TYPE_STRING"), "dims": [1]}],
@@ -195,28 +230,17 @@ def write_repository(graph_path: str | Path, out: str | Path, opts: RepoOptions 
         raise SubtuneError(f"cannot write {out}: {e.strerror}; choose another -o") from e
     try:
         models = [opts.name]
-        _write_model(tmp / opts.name, cfg, labels)
-        version = tmp / opts.name / "1"
-        if opts.backend == "tensorrt":
-            shutil.copyfile(graph.path, version / "model.plan")
-        else:
-            shutil.copyfile(graph.onnx_path, version / "model.onnx")
-            for name in graph.external_data:  # weights over 2 GiB: the .data file, under the name the graph records
-                (version / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(graph.onnx_path.parent / name, version / name)
-        if opts.backend == "python":
-            from subtune.serving.models import GRAPH_MODEL
-
-            shutil.copyfile(GRAPH_MODEL, version / "model.py")
+        _write_model(tmp / opts.name, cfg)
+        write_version_files(graph, tmp / opts.name / str(FIRST_VERSION), opts.backend, labels)
         ensemble = None
         if pre is not None:
             from subtune.serving.models import PREPROCESS_MODEL
 
             pcfg = preprocess_config(graph, opts, pre)
-            _write_model(tmp / pcfg["name"], pcfg, {})
+            _write_model(tmp / pcfg["name"], pcfg)
             shutil.copyfile(PREPROCESS_MODEL, tmp / pcfg["name"] / "1" / "model.py")
             ecfg = ensemble_config(graph, opts, cfg)
-            _write_model(tmp / ecfg["name"], ecfg, labels)
+            _write_model(tmp / ecfg["name"], ecfg)
             ensemble = ecfg["name"]
             models += [pcfg["name"], ensemble]
         if out.exists():
@@ -226,11 +250,44 @@ def write_repository(graph_path: str | Path, out: str | Path, opts: RepoOptions 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Repository(out, models, opts.name, ensemble, opts.backend, [o.name for o in graph.outputs],
-                      {o["name"]: o["label_filename"] for o in cfg["output"] if "label_filename" in o})
+                      {o["name"]: o["label_filename"] for o in cfg["output"] if "label_filename" in o}, FIRST_VERSION)
 
 
-def _write_model(folder: Path, config: dict, labels: dict[str, list[str]]) -> None:
+def _write_model(folder: Path, config: dict) -> None:
     (folder / "1").mkdir(parents=True)
     (folder / "config.pbtxt").write_text(dumps(config))
+
+
+def write_version_files(graph: GraphInfo, folder: Path, backend: str, labels: dict[str, list[str]],
+                        graph_file: str = "model.onnx") -> list[str]:
+    """A version folder's files: the graph (model.plan for TensorRT; else the ONNX graph with its
+    external weights file beside it, under the name the graph records), the python backend's
+    model.py, the label files. Returns the names written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if backend == "tensorrt":
+        shutil.copyfile(graph.path, folder / "model.plan")
+        written.append("model.plan")
+    else:
+        shutil.copyfile(graph.onnx_path, folder / graph_file)
+        written.append(graph_file)
+        for name in graph.external_data:  # weights over 2 GiB: the .data file, under the name the graph records
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(graph.onnx_path.parent / name, folder / name)
+            written.append(name)
+    if backend == "python":
+        from subtune.serving.models import GRAPH_MODEL, GRAPH_MODEL_SUPPORT
+
+        shutil.copyfile(GRAPH_MODEL, folder / "model.py")
+        written.append("model.py")
+        for support in GRAPH_MODEL_SUPPORT:  # the metadata reader model.py checks the graph with
+            shutil.copyfile(support, folder / support.name)
+            written.append(support.name)
+    write_labels(folder, labels)
+    return written + sorted(labels)
+
+
+def write_labels(folder: Path, labels: dict[str, list[str]]) -> None:
+    """One class name a line (a name's own line breaks become spaces)."""
     for filename, classes in labels.items():
         (folder / filename).write_text("".join(" ".join(str(c).splitlines()) + "\n" for c in classes))

@@ -46,7 +46,13 @@ class ServerOptions:
     exit_timeout_s: int = 5  # the server's own wait for in-flight requests and open connections
     stop_timeout_s: float = 20.0  # then ours, before SIGKILL
     log_path: Path | None = None  # default: a temporary file
+    # explicit: every model loads at start, and models (versions) load and unload on request while it
+    # serves (Triton's repository API: `subtune rollout`); none: the repository is read once, at start
+    model_control: str = "explicit"
     extra_args: list[str] = field(default_factory=list)
+
+
+MODEL_CONTROL = ("explicit", "none")
 
 
 class TritonServer:
@@ -59,6 +65,8 @@ class TritonServer:
             raise SubtuneError(f"{repository}: not a folder; expected a Triton model repository "
                                "(subtune triton-repo MODEL.onnx -o REPO) or a compiled .onnx")
         self.options = options or ServerOptions()
+        if self.options.model_control not in MODEL_CONTROL:
+            raise SubtuneError(f"model control {self.options.model_control!r}: expected one of {', '.join(MODEL_CONTROL)}")
         self.env = environment or find_environment()
         self.http_port = self.options.http_port or free_port()
         self.grpc_port = self.options.grpc_port or free_port()
@@ -94,7 +102,9 @@ class TritonServer:
                 "--allow-gpu-metrics=false", "--disable-auto-complete-config",
                 f"--exit-on-error={'true' if o.exit_on_error else 'false'}",
                 f"--strict-readiness={'true' if o.exit_on_error else 'false'}",
-                f"--exit-timeout-secs={o.exit_timeout_s}", "--log-verbose=0", *o.extra_args]
+                f"--exit-timeout-secs={o.exit_timeout_s}", "--log-verbose=0",
+                *(["--model-control-mode=explicit", "--load-model=*"] if o.model_control == "explicit" else []),
+                *o.extra_args]
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "TritonServer":

@@ -58,7 +58,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise SubtuneError("--ray needs Ray: pip install 'subtune[ray]' (or pip install ray)") from None
+        raise SubtuneError("`ray` needs Ray: pip install 'subtune[ray]' (or pip install ray)") from None
     return ray
 
 
@@ -69,7 +69,7 @@ class RayPool:
     def __init__(self, *, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0,
                  max_retries: int = 3):
         if cpus_per_run <= 0 or gpus_per_run < 0:
-            raise SubtuneError("--ray-cpus-per-run must be positive and --ray-gpus-per-run non-negative")
+            raise SubtuneError("`cpus_per_run` must be positive and `gpus_per_run` non-negative")
         self.address, self.cpus_per_run, self.gpus_per_run = address, cpus_per_run, gpus_per_run
         self.max_retries = max_retries
         self.threads = max(1, int(cpus_per_run))
@@ -149,7 +149,7 @@ class RayPool:
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = "a local Ray instance" if self.address is None else f"the Ray cluster at {self.address!r}"
                 raise SubtuneError(f"cannot start or reach {where}: {str(e).splitlines()[0]}; for a cluster, "
-                                   "run `ray start --head` on its head node and pass --ray auto or --ray HOST:6379"
+                                   "run `ray start --head` on its head node and pass `ray` auto or HOST:6379"
                                    ) from None
             self._owns_connection = True
             self._local = self.address is None
@@ -159,11 +159,11 @@ class RayPool:
         self.nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         biggest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
         if self.cpus_per_run > biggest:
-            raise SubtuneError(f"--ray-cpus-per-run {self.cpus_per_run:g}: the largest node has {biggest:g} CPUs; "
+            raise SubtuneError(f"`cpus_per_run` {self.cpus_per_run:g}: the largest node has {biggest:g} CPUs; "
                                "lower it so a run fits on one node")
         if self.gpus_per_run > 0 and not any(n["Resources"].get("GPU", 0.0) >= self.gpus_per_run
                                              for n in ray.nodes() if n.get("Alive")):
-            raise SubtuneError(f"--ray-gpus-per-run {self.gpus_per_run:g}: no node of the cluster has that many GPUs "
+            raise SubtuneError(f"`gpus_per_run` {self.gpus_per_run:g}: no node of the cluster has that many GPUs "
                                f"({self.gpus:g} in all); lower it or add GPU nodes")
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ class RunLog:
         parent = self.folder.parent
         if not self.folder.exists() and not (parent.is_dir() and os.access(parent, os.W_OK)):
             raise SubtuneError(f"cannot create the runs folder {self.folder}: {parent} is not a writable folder; "
-                               "choose another --runs or -o")
+                               "choose another `runs` or `output`")
 
     def load(self) -> dict[str, dict]:
         """Results of the runs finished with these settings, by RunSpec key."""

@@ -20,7 +20,7 @@ CROP_RATIO = (3 / 4, 4 / 3)
 
 def check_augment(name: str) -> str:
     if name not in AUGMENTATIONS:
-        raise SubtuneError(f"--augment {name!r}: expected one of {', '.join(AUGMENTATIONS)}")
+        raise SubtuneError(f"`augment` {name!r}: expected one of {', '.join(AUGMENTATIONS)}")
     return name
 
 

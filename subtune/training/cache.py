@@ -117,15 +117,15 @@ class ActivationStore:
             return torch.empty(shape, dtype=torch.float32)
         what = f"caching {point_name(point, self.backbone)} for {shape[0]} images needs {need / 2**30:.1f} GiB"
         if not self.cache_dir:
-            raise SubtuneError(f"{what}, over the {self.memory_budget / 2**30:.1f} GiB memory budget: pass --cache-dir DIR "
-                               "to keep it on disk, --no-cache to recompute the frozen layers every step (slower), "
-                               "or lower --limit / --image-size")
+            raise SubtuneError(f"{what}, over the {self.memory_budget / 2**30:.1f} GiB memory budget: pass `cache_dir` DIR "
+                               "to keep it on disk, `cache=False` to recompute the frozen layers every step (slower), "
+                               "or lower `limit` / `image_size`")
         if not os.path.isdir(self.cache_dir):
-            raise SubtuneError(f"--cache-dir {self.cache_dir} is not a folder")
+            raise SubtuneError(f"`cache_dir` {self.cache_dir} is not a folder")
         free = shutil.disk_usage(self.cache_dir).free
         if need * 1.1 > free:
             raise SubtuneError(f"{what} but {self.cache_dir} has {free / 2**30:.1f} GiB free: choose another "
-                               "--cache-dir, --no-cache, or lower --limit / --image-size")
+                               "`cache_dir`, `cache=False`, or lower `limit` / `image_size`")
         fd, path = tempfile.mkstemp(prefix="subtune-activations-", suffix=".f32", dir=self.cache_dir)
         os.close(fd)
         try:

@@ -111,18 +111,18 @@ def load_dataset(spec: str, split: str, *, image_size: int | Sequence[int], mean
     if split not in SPLITS:
         raise SubtuneError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     if split == "val" and not _labelled_spec(spec):
-        raise SubtuneError(f"--data {spec}: unlabelled images have no validation split")
+        raise SubtuneError(f"`data` {spec}: unlabelled images have no validation split")
     size = _size(image_size)
     if limit is not None and limit < 1:
-        raise SubtuneError(f"limit {limit}: expected a positive number of images")
+        raise SubtuneError(f"`limit` {limit}: expected a positive number of images")
     if val_split is not None and not 0 < val_split < 1:
-        raise SubtuneError(f"val split {val_split}: expected a fraction between 0 and 1 (e.g. 0.2)")
+        raise SubtuneError(f"`val_split` {val_split}: expected a fraction between 0 and 1 (e.g. 0.2)")
     source = _open_cached(spec, size)
     labelled = bool(source.classes)
     has_val = "val" in source.pools
     if split == "test":
         if "test" not in source.pools:
-            raise SubtuneError(f"--data {spec}: no test split (an image folder needs a test/ folder)")
+            raise SubtuneError(f"`data` {spec}: no test split (an image folder needs a test/ folder)")
         pool_name, carve = "test", False
     elif split == "val" and has_val and val_split is None:
         pool_name, carve = "val", False
@@ -132,7 +132,7 @@ def load_dataset(spec: str, split: str, *, image_size: int | Sequence[int], mean
     labels, classes, dropped = pool.labels, list(source.classes), []
     if label_map is not None:
         if not labelled:
-            raise SubtuneError(f"--data {spec}: a label map needs labelled data")
+            raise SubtuneError(f"`data` {spec}: a label map needs labelled data")
         lut, classes, dropped = parse_label_map(label_map, source.classes)
         labels = lut[labels]
     keep = np.flatnonzero(labels >= 0) if labelled else np.arange(len(labels))
@@ -144,12 +144,12 @@ def load_dataset(spec: str, split: str, *, image_size: int | Sequence[int], mean
         train_idx, val_idx = stratified_split(labels[keep], val_split or DEFAULT_VAL_SPLIT, g)
         keep = keep[train_idx if split == "train" else val_idx]
     if len(keep) == 0:
-        raise SubtuneError(f"--data {spec}: the {split} split is empty (limit {limit}, val split {val_split})")
+        raise SubtuneError(f"`data` {spec}: the {split} split is empty (limit {limit}, val split {val_split})")
     if source.resized_on_load:  # decoded at the training size: check before decoding
         need = len(keep) * 3 * size[0] * size[1]
         if need > MAX_DECODED_BYTES:
-            raise SubtuneError(f"--data {spec}: {len(keep)} images at {size[0]}x{size[1]} take {need / 2**30:.1f} GiB "
-                               f"decoded (limit {MAX_DECODED_BYTES / 2**30:.0f} GiB); use --limit or a smaller --image-size")
+            raise SubtuneError(f"`data` {spec}: {len(keep)} images at {size[0]}x{size[1]} take {need / 2**30:.1f} GiB "
+                               f"decoded (limit {MAX_DECODED_BYTES / 2**30:.0f} GiB); use `limit` or a smaller `image_size`")
     pixels = pool.load(keep)
     info = {"spec": spec, "split": split, "source_split": pool_name, "limit": limit, "seed": seed,
             "val_split": (val_split or DEFAULT_VAL_SPLIT) if carve else None, "images": int(len(keep))}
@@ -250,7 +250,7 @@ def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
         size = tuple(int(x) for x in image_size)
         size = size * 2 if len(size) == 1 else size
     if len(size) != 2 or min(size) < 8:
-        raise SubtuneError(f"image size {image_size}: expected H or (H, W), at least 8 pixels")
+        raise SubtuneError(f"`image_size` {image_size}: expected H or (H, W), at least 8 pixels")
     return size  # type: ignore[return-value]
 
 

@@ -50,7 +50,7 @@ def tap_specs(backbone: Backbone, points: list[int], grid: int, input_size: tupl
     """[{"point", "grid", "dim"}] for the task file; a feature map smaller than the grid is
     pooled to its own size (no bin repeats a pixel)."""
     if grid < 1:
-        raise SubtuneError(f"--tap-grid must be at least 1, found {grid}")
+        raise SubtuneError(f"`tap_grid` must be at least 1, found {grid}")
     acts = tap_activations(backbone, torch.zeros(1, 3, *input_size), points)
     specs = []
     for p in points:
@@ -125,7 +125,7 @@ def group_lasso_importance(x: torch.Tensor, y: torch.Tensor, num_classes: int, *
     ranks by the group norm ||W[:, j]||; features left at zero rank after every non-zero one, by
     their gradient norm at the solution (how close each is to entering)."""
     if not 0 < strength < 1:
-        raise SubtuneError(f"--group-lasso must be in (0, 1) (a fraction of the strength that zeroes every feature), "
+        raise SubtuneError(f"`group_lasso` must be in (0, 1) (a fraction of the strength that zeroes every feature), "
                            f"found {strength}")
     x = x.double()
     n, d = x.shape
@@ -171,7 +171,7 @@ def group_lasso_importance(x: torch.Tensor, y: torch.Tensor, num_classes: int, *
 def select_top(importance: torch.Tensor, budget: int) -> torch.Tensor:
     """Indices of the `budget` largest importances (ties to the lower index), ascending."""
     if budget < 1:
-        raise SubtuneError(f"--feature-budget must be at least 1, found {budget}")
+        raise SubtuneError(f"`feature_budget` must be at least 1, found {budget}")
     order = torch.sort(-importance, stable=True).indices[: min(budget, len(importance))]
     return torch.sort(order).values
 
@@ -182,9 +182,9 @@ def parse_budgets(text: str | None) -> list[int]:
     try:
         budgets = sorted({int(x) for x in str(text).split(",") if x.strip()})
     except ValueError:
-        raise SubtuneError(f"--feature-budget {text!r}: expected a number of features or a list like 256,1024") from None
+        raise SubtuneError(f"`feature_budget` {text!r}: expected a number of features or a list like 256,1024") from None
     if not budgets or budgets[0] < 1:
-        raise SubtuneError(f"--feature-budget {text!r}: expected positive numbers of features")
+        raise SubtuneError(f"`feature_budget` {text!r}: expected positive numbers of features")
     return budgets
 
 

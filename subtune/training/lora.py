@@ -31,7 +31,7 @@ def _peft():
         import peft
         from peft.tuners.lora import LoraLayer
     except ImportError as e:
-        raise SubtuneError("--mode lora needs PEFT: pip install peft (or the subtune[lora] extra)") from e
+        raise SubtuneError("LoRA needs PEFT: pip install peft (or the subtune[lora] extra)") from e
     return peft, LoraLayer
 
 
@@ -46,9 +46,9 @@ def add_lora(module: nn.Module, rank: int, alpha: float, seed: int) -> list[str]
     """Inject adapters into `module` in place (B = 0, so the output is unchanged until trained);
     freeze everything else. Returns the adapted layers' names."""
     if rank < 1:
-        raise SubtuneError(f"--lora-rank must be at least 1, found {rank}")
+        raise SubtuneError(f"`rank` must be at least 1, found {rank}")
     if alpha <= 0:
-        raise SubtuneError(f"--lora-alpha must be positive, found {alpha}")
+        raise SubtuneError(f"`alpha` must be positive, found {alpha}")
     peft, _ = _peft()
     targets = lora_targets(module)
     if not targets:

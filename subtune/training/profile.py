@@ -141,7 +141,7 @@ class Profile:
 
 def windows(num_blocks: int, window: int, starts: list[int] | None = None) -> list[list[int]]:
     if window < 1 or window > num_blocks:
-        raise SubtuneError(f"--window {window}: expected 1..{num_blocks}")
+        raise SubtuneError(f"`window` {window}: expected 1..{num_blocks}")
     firsts = starts or list(range(1, num_blocks - window + 2))
     bad = [f for f in firsts if f < 1 or f + window - 1 > num_blocks]
     if bad:
@@ -168,7 +168,7 @@ def baseline_names(baselines: "bool | str | Iterable[str] | None") -> list[str]:
     names = [b for b in names if b]
     unknown = [b for b in names if b not in BASELINES]
     if unknown or not names:
-        raise SubtuneError(f"--baselines {','.join(names) or '(empty)'}: expected a comma list of "
+        raise SubtuneError(f"`baselines` {','.join(names) or '(empty)'}: expected a comma list of "
                            f"{', '.join(BASELINES)} (e.g. linear,head2toe)")
     return [b for b in BASELINES if b in names]
 

@@ -59,7 +59,7 @@ def open_source(spec: str, image_size: tuple[int, int]) -> Source:
         return _imagefolder(spec, Path(arg), image_size)
     if kind == "images" and arg:
         return _flat_images(spec, Path(arg), image_size)
-    raise SubtuneError(f"--data {spec!r}: expected {SPEC_HELP}")
+    raise SubtuneError(f"`data` {spec!r}: expected {SPEC_HELP}")
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST
@@ -138,7 +138,7 @@ def _cifar(spec: str, root: Path, kind: str) -> Source:
         ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"))
     base = root / folder if (root / folder).is_dir() else root
     if not (base / meta_file).is_file():
-        raise SubtuneError(f"--data {spec}: {base / meta_file} not found: expected torchvision's layout "
+        raise SubtuneError(f"`data` {spec}: {base / meta_file} not found: expected torchvision's layout "
                            f"(DIR/{folder}/{meta_file}, as torchvision.datasets.{kind.upper()} downloads it)")
     classes = [str(c) for c in _unpickle(base / meta_file).get(names_key, [])]
     if not classes:
@@ -172,19 +172,19 @@ def _image_files(folder: Path) -> list[Path]:
 def _class_folder(root: Path, spec: str, classes: list[str] | None = None) -> tuple[list[str], list[Path], np.ndarray]:
     dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not dirs:
-        raise SubtuneError(f"--data {spec}: {root} has no class folders: expected {root}/<class>/<image>")
+        raise SubtuneError(f"`data` {spec}: {root} has no class folders: expected {root}/<class>/<image>")
     names = [d.name for d in dirs]
     if classes is not None:
         extra = sorted(set(names) - set(classes))
         if extra:
-            raise SubtuneError(f"--data {spec}: {root} has classes {extra[:5]} that the train folder lacks; "
+            raise SubtuneError(f"`data` {spec}: {root} has classes {extra[:5]} that the train folder lacks; "
                                "the splits must use the same class folders")
     classes = classes or names
     files, labels = [], []
     for d in dirs:
         found = _image_files(d)
         if not found:
-            raise SubtuneError(f"--data {spec}: class folder {d} has no images "
+            raise SubtuneError(f"`data` {spec}: class folder {d} has no images "
                                f"(expected {', '.join(sorted(IMAGE_EXTENSIONS))}); remove it or add images")
         files += found
         labels += [classes.index(d.name)] * len(found)
@@ -214,10 +214,10 @@ def _decoder(files: list[Path], root: Path, image_size: tuple[int, int]) -> Call
 
 def _imagefolder(spec: str, root: Path, image_size: tuple[int, int]) -> Source:
     if not root.is_dir():
-        raise SubtuneError(f"--data {spec}: folder {root} not found")
+        raise SubtuneError(f"`data` {spec}: folder {root} not found")
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     if split_dirs and "train" not in split_dirs:
-        raise SubtuneError(f"--data {spec}: {root} has {sorted(split_dirs)} but no train/ folder")
+        raise SubtuneError(f"`data` {spec}: {root} has {sorted(split_dirs)} but no train/ folder")
     top = split_dirs.get("train", root)
     classes, files, labels = _class_folder(top, spec)
     source = Source(spec, classes, resized_on_load=True)
@@ -231,9 +231,9 @@ def _imagefolder(spec: str, root: Path, image_size: tuple[int, int]) -> Source:
 
 def _flat_images(spec: str, root: Path, image_size: tuple[int, int]) -> Source:
     if not root.is_dir():
-        raise SubtuneError(f"--data {spec}: folder {root} not found")
+        raise SubtuneError(f"`data` {spec}: folder {root} not found")
     files = _image_files(root)
     if not files:
-        raise SubtuneError(f"--data {spec}: {root} has no images (expected {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise SubtuneError(f"`data` {spec}: {root} has no images (expected {', '.join(sorted(IMAGE_EXTENSIONS))})")
     pool = Pool(np.full(len(files), -1, dtype=np.int64), [f.name for f in files], _decoder(files, root, image_size))
     return Source(spec, [], {"train": pool}, resized_on_load=True)

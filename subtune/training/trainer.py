@@ -55,9 +55,9 @@ class TrainConfig:
         check_augment(self.augment)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
-                raise SubtuneError(f"--{name.replace('_', '-')} must be at least 1")
+                raise SubtuneError(f"`{name}` must be at least 1, found {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0:
-            raise SubtuneError("--lr must be positive and --weight-decay non-negative")
+            raise SubtuneError("`lr` must be positive and `weight_decay` non-negative")
 
     @property
     def cached_training(self) -> bool:
@@ -113,7 +113,7 @@ class Trainer:
                 raise SubtuneError(f"{ds.name}: the {split} split needs labelled images")
             if ds.classes != train.classes:
                 raise SubtuneError(f"{ds.name}: classes {ds.classes[:5]} do not match the training classes "
-                                   f"{train.classes[:5]}; use the same data (and --label-map) for every split")
+                                   f"{train.classes[:5]}; use the same data (and `label_map`) for every split")
         self.classes = list(train.classes)
         if len(self.classes) < 2:
             raise SubtuneError(f"{train.name}: need at least 2 classes, found {len(self.classes)}")

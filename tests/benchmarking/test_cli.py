@@ -26,7 +26,7 @@ def model(tmp_path):
 
 def test_model_mode_prints_a_table_and_writes_json(model, tmp_path, capsys):
     out = tmp_path / "result.json"
-    assert main(["bench", str(model), "--batch", "1,3", "--threads", "1", "--json", str(out), *QUICK]) == 0
+    assert main(["bench", str(model), "--batch", "1,3", "--intra-op-threads", "1", "--json", str(out), *QUICK]) == 0
     table = capsys.readouterr().out
     assert "median ms" in table and "images/s" in table
     data = json.loads(out.read_text())
@@ -100,16 +100,20 @@ def test_compare_through_onnxruntime_end_to_end(tmp_path, tiny_base, tiny_tasks)
         import sys
         from subtune.cli import main
         sys.exit(main(["bench", "--compare", "b.pt", "t1.pt", "--batch", "1,2",
-                       "--threads", "1", "--json", {str(out)!r}, "--plot", {str(png)!r},
+                       "--intra-op-threads", "1", "--json", {str(out)!r}, "--plot", {str(png)!r},
                        "--warmup", "1", "--iters", "3", "--repeats", "2"]))
     """)
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "(d) compiled multi-task graph" in done.stdout and "cost model" in done.stdout
+    assert "task selection: the task-select graph (e) per request mix" in done.stdout
     data = json.loads(out.read_text())
     assert data["runtime"]["runtime"] == "onnxruntime" and data["runtime"]["intra_op_threads"] == "shared pool of 1"
     rows = {(r["key"], r["batch"]): r for r in data["rows"]}
-    assert set(rows) == {(k, b) for k in ("base", "naive/k=1", "split/k=1", "compiled/k=1") for b in (1, 2)}
+    selected = [f"selected/k=1/{mix}" for mix in ("all", "one-random", "one-fixed", "none")]
+    assert set(rows) == {(k, b) for k in ("base", "naive/k=1", "split/k=1", "compiled/k=1", *selected) for b in (1, 2)}
+    assert {rows[k, 1]["mix"] for k in selected} == {"all", "one-random", "one-fixed", "none"}
+    assert set(data["agreement"]) >= set(selected)  # checked against the plainest deployment, NaN fills included
     # bytes of weights as exported (BatchNorm folded into the convolutions by the exporter)
     base_bytes = rows["base", 1]["weight_bytes"]
     assert rows["naive/k=1", 1]["weight_bytes"] == pytest.approx(2 * base_bytes, rel=0.02)

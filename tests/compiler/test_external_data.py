@@ -48,7 +48,7 @@ def wide(tmp_path_factory):
     task.head = {"weight": weight, "bias": torch.zeros(CLASSES)}
     assert weight.nbytes > PROTOBUF_LIMIT
     out = tmp_path_factory.mktemp("wide") / "wide.onnx"
-    result = subtune.compile(base, [task], out, verify_batches=(1, 3), image_size=16)
+    result = subtune.compile(base, [task], out, verify_batches=(1, 3), image_size=16, keep_plan=True)
     del task, weight
     return base, result
 

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,8 +28,19 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 SIZE = (32, 32)
 
 
+def sdk_dir() -> Path:
+    """Where cpp/get_sdk.sh provisions the SDK (as CMake and the script choose it)."""
+    return Path(os.environ.get("SUBTUNE_SDK_DIR") or Path.home() / ".cache" / "subtune" / "cpp-sdk")
+
+
+def ninja_generator(build: Path) -> list[str]:
+    """-G Ninja where ninja is installed (and the folder was not configured for Make before)."""
+    return ["-G", "Ninja"] if shutil.which("ninja") and not (build / "Makefile").exists() else []
+
+
 @dataclasses.dataclass
 class CppBuild:
+    build_dir: Path
     infer: Path
     model_test: Path
     example: Path
@@ -53,8 +65,7 @@ def cpp_build() -> CppBuild:
     if shutil.which("cmake") is None:
         pytest.skip("no cmake on PATH: the C++ build cannot run here (apt-get install cmake)")
     env = dict(os.environ, CXX=cxx)
-    generator = ["-G", "Ninja"] if shutil.which("ninja") and not (BUILD / "Makefile").exists() else []
-    steps = [["cmake", "-S", str(ROOT / "cpp"), "-B", str(BUILD), "-DCMAKE_BUILD_TYPE=Release", *generator],
+    steps = [["cmake", "-S", str(ROOT / "cpp"), "-B", str(BUILD), "-DCMAKE_BUILD_TYPE=Release", *ninja_generator(BUILD)],
              ["cmake", "--build", str(BUILD), "-j", "2"]]
     for cmd in steps:
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT_S)
@@ -62,7 +73,7 @@ def cpp_build() -> CppBuild:
             pytest.fail(f"C++ build step failed: {' '.join(cmd)}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
     model_test = BUILD / "subtune-model-test"
     runtimes = subprocess.run([str(model_test), "runtimes"], capture_output=True, text=True, timeout=60).stdout.split()
-    return CppBuild(BUILD / "subtune-infer", model_test, BUILD / "subtune-example-classify", env, runtimes)
+    return CppBuild(BUILD, BUILD / "subtune-infer", model_test, BUILD / "subtune-example-classify", env, runtimes)
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +99,40 @@ def cpp_graph(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def external_data_graph(cpp_graph, tmp_path_factory) -> Path:
+    """cpp_graph saved as ONNX files over 2 GiB are: the graph in model.onnx, its weights in
+    model.onnx.data beside it (forced here on the small graph)."""
+    import onnx_ir as ir
+
+    from subtune.compiler.export import save_onnx
+
+    path = tmp_path_factory.mktemp("external_data") / "model.onnx"
+    written = save_onnx(ir.load(str(cpp_graph)), path, external_data=True)
+    assert written == [path, path.with_name("model.onnx.data")]
+    return path
+
+
+@pytest.fixture(scope="session")
+def int64_output_graph(cpp_graph, tmp_path_factory) -> Path:
+    """cpp_graph with its coarse4 output cast to int64, as an edit after compiling would leave it:
+    the same output names and metadata, one output that is not float32."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(cpp_graph))
+    graph = model.graph
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == "coarse4":
+                node.output[i] = "coarse4_logits"
+    graph.node.append(helper.make_node("Cast", ["coarse4_logits"], ["coarse4"], to=TensorProto.INT64))
+    next(o for o in graph.output if o.name == "coarse4").type.tensor_type.elem_type = TensorProto.INT64
+    path = tmp_path_factory.mktemp("int64_output") / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def python_session(cpp_graph):
     import onnxruntime as ort
 
@@ -103,3 +148,29 @@ def graph_metadata(path: Path) -> dict:
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     as_json = {"subtune.outputs", "subtune.tasks", "subtune.input_size", "subtune.preprocess", "subtune.verified"}
     return {k: json.loads(v) if k in as_json else v for k, v in props.items() if k.startswith("subtune.")}
+
+
+def write_images(folder: Path) -> list[Path]:
+    """Files of several sizes and kinds, named so that sorted order is the CLI order."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    smooth = lambda h, w, c: (np.clip(rng.normal(128, 60, (h, w, c)), 0, 255)).astype(np.uint8)  # noqa: E731
+    Image.fromarray(smooth(32, 32, 3)).save(folder / "a_exact.png")              # no resize
+    Image.fromarray(smooth(57, 45, 3)).save(folder / "b_shrink.ppm")             # antialiased downscale
+    Image.fromarray(smooth(20, 27, 1)[..., 0], mode="L").save(folder / "c_grey_up.pgm")  # grey, upscale
+    Image.fromarray(smooth(32, 71, 3)).save(folder / "d_wide.png")               # width only
+    return sorted(folder.iterdir())
+
+
+@pytest.fixture(scope="session")
+def cpp_images(tmp_path_factory) -> list[Path]:
+    return write_images(tmp_path_factory.mktemp("cpp_images") / "imgs")
+
+
+def python_images(folder: Path) -> np.ndarray:
+    """The images of a folder as subtune's Python loader preprocesses them, [n, 3, H, W]."""
+    from subtune.training.data import load_dataset
+
+    return load_dataset(f"images:{folder}", "pool", image_size=SIZE, mean=MEAN, std=STD).images.numpy()

@@ -4,12 +4,13 @@ metadata and image loading (batch 1 and 4, every output within 1e-5 relative).""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
-from tests.cpp.conftest import COARSE, FASHION, MEAN, SIZE, STD, graph_metadata
+from tests.cpp.conftest import COARSE, FASHION, SIZE, graph_metadata, python_images
 
 TOL = 1e-5
 RUNTIMES = ["onnxruntime", "openvino"]  # openvino skips where the build has none (see conftest)
@@ -43,6 +44,54 @@ def test_library_outputs_match_python_onnxruntime(cpp_build, cpp_graph, python_s
         assert err <= TOL, f"{name} at batch {batch}: relative error {err:.2e} > {TOL}"
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_external_data_graph_matches_python_onnxruntime(cpp_build, external_data_graph, tmp_path, runtime):
+    """A graph whose weights are in model.onnx.data beside it (ONNX external data) runs in the
+    library with Python's outputs at batch 1 and 4, and in the CLI from another folder by a
+    relative path."""
+    import onnx
+    import onnxruntime as ort
+
+    cpp_build.require(runtime)
+    model = onnx.load(str(external_data_graph), load_external_data=False)
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) > 10, "the weights are not external"
+    session = ort.InferenceSession(str(external_data_graph), providers=["CPUExecutionProvider"])
+    for batch in (1, 4):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, *SIZE)).astype(np.float32)
+        (tmp_path / "in.f32").write_bytes(x.tobytes())
+        r = run([cpp_build.model_test, "run", external_data_graph, tmp_path / "in.f32", batch, tmp_path, 1, runtime])
+        assert r.returncode == 0, r.stderr
+        for name, ref in zip([o.name for o in session.get_outputs()], session.run(None, {"images": x})):
+            got = np.fromfile(tmp_path / f"{name}.f32", dtype=np.float32).reshape(ref.shape)
+            assert rel_error(got, ref) <= TOL, f"{name} at batch {batch}"
+    folder = external_data_graph.parent
+    r = run([cpp_build.infer, f"{folder.name}/model.onnx", "--runtime", runtime, "--json", tmp_path / "out.json"],
+            cwd=folder.parent)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["images"][0]["outputs"].keys() == {"base", "fashion10",
+                                                                                              "coarse4"}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_external_data_missing_or_truncated_is_one_line(cpp_build, external_data_graph, tmp_path, runtime, damage):
+    cpp_build.require(runtime)
+    graph = tmp_path / "model.onnx"
+    shutil.copy(external_data_graph, graph)
+    data = external_data_graph.with_name("model.onnx.data").read_bytes()
+    if damage == "truncated":
+        (tmp_path / "model.onnx.data").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out.json"
+    r = run([cpp_build.infer, graph, "--runtime", runtime, "--json", out])
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    expected = "which does not exist; keep model.onnx and model.onnx.data together" if damage == "missing" else \
+        f"holds {len(data) // 2} bytes but the graph reads"
+    assert len(lines) == 1 and expected in lines[0] and "model.onnx.data" in lines[0], r.stderr
+    assert r.stdout == "" and not out.exists()
+
+
 def test_library_reads_the_graphs_metadata(cpp_build, cpp_graph, tmp_path):
     x = np.zeros((1, 3, *SIZE), np.float32)
     (tmp_path / "in.f32").write_bytes(x.tobytes())
@@ -67,41 +116,51 @@ def test_library_reads_the_graphs_metadata(cpp_build, cpp_graph, tmp_path):
 
 
 def test_library_api_checks(cpp_build, cpp_graph):
-    """Batch-4 rows equal each image alone, bad shapes/batch 0/unknown outputs throw one-line errors."""
+    """Batch-4 rows equal each image alone, bad shapes/batch 0/unknown outputs throw one-line errors,
+    and Model::run checks the buffer's size against the batch (one value short, one image too many)."""
     r = run([cpp_build.model_test, "checks", cpp_graph])
     assert r.returncode == 0, r.stdout + r.stderr
     assert " 0 failed" in r.stdout
 
 
+def test_models_share_one_environment_and_thread_pool(cpp_build, cpp_graph):
+    """Four models in one process (3 intra-op threads asked for) add no thread after the first: one
+    Ort::Env with global thread pools, not a pool per session. They run at once from four threads
+    with the first model's outputs, and a model asking for another thread count is refused."""
+    r = run([cpp_build.model_test, "shared", cpp_graph, 4, 3])
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["models"] == 4 and got["failed"] == 0, r.stdout
+    assert got["threads_after_all"] == got["threads_after_first"], got
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_graph_with_a_non_float_output_is_refused_in_one_line(cpp_build, int64_output_graph, runtime, tmp_path):
+    import onnxruntime as ort
+
+    cpp_build.require(runtime)
+    # A valid graph: Python's ONNX Runtime runs it and gives int64 for coarse4, which read as float
+    # would be garbage.
+    session = ort.InferenceSession(str(int64_output_graph), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"images": np.zeros((1, 3, *SIZE), np.float32)})
+    assert [o.dtype for o in outputs] == [np.float32, np.float32, np.int64]
+    out = tmp_path / "out.json"
+    r = run([cpp_build.infer, int64_output_graph, "--runtime", runtime, "--json", out])
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "output coarse4 is int64, expected float32" in lines[0], r.stderr
+    assert r.stdout == "" and not out.exists()
+
+
 # --- images: the C++ preprocessing against subtune's Python image loader ----------------------------
 
-def _write_images(folder):
-    """Files of several sizes and kinds, named so that sorted order is the CLI order."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    folder.mkdir()
-    smooth = lambda h, w, c: (np.clip(rng.normal(128, 60, (h, w, c)), 0, 255)).astype(np.uint8)  # noqa: E731
-    Image.fromarray(smooth(32, 32, 3)).save(folder / "a_exact.png")              # no resize
-    Image.fromarray(smooth(57, 45, 3)).save(folder / "b_shrink.ppm")             # antialiased downscale
-    Image.fromarray(smooth(20, 27, 1)[..., 0], mode="L").save(folder / "c_grey_up.pgm")  # grey, upscale
-    Image.fromarray(smooth(32, 71, 3)).save(folder / "d_wide.png")               # width only
-    return sorted(folder.iterdir())
-
-
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return _write_images(tmp_path_factory.mktemp("cpp_images") / "imgs")
-
-
-def _python_images(folder) -> np.ndarray:
-    from subtune.training.data import load_dataset
-
-    return load_dataset(f"images:{folder}", "pool", image_size=SIZE, mean=MEAN, std=STD).images.numpy()
+def images(cpp_images):
+    return cpp_images
 
 
 def test_preprocessing_matches_subtunes_image_loader(cpp_build, cpp_graph, images, tmp_path):
-    reference = _python_images(images[0].parent)
+    reference = python_images(images[0].parent)
     for i, path in enumerate(images):
         out = tmp_path / f"{i}.f32"
         r = run([cpp_build.model_test, "preprocess", cpp_graph, path, out])
@@ -121,7 +180,7 @@ def test_cli_on_images_matches_python(cpp_build, cpp_graph, python_session, imag
              "--runtime", runtime])
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
-    x = _python_images(images[0].parent)[:batch]
+    x = python_images(images[0].parent)[:batch]
     reference = dict(zip([o.name for o in python_session.get_outputs()], python_session.run(None, {"images": x})))
     assert [img["source"] for img in result["images"]] == [str(p) for p in chosen]
     for name, ref in reference.items():
@@ -139,11 +198,23 @@ def test_cli_on_images_matches_python(cpp_build, cpp_graph, python_session, imag
 def test_readme_example_names_pythons_best_classes(cpp_build, cpp_graph, python_session, images):
     r = run([cpp_build.example, cpp_graph, *images])
     assert r.returncode == 0, r.stderr
-    x = _python_images(images[0].parent)
+    x = python_images(images[0].parent)
     reference = dict(zip([o.name for o in python_session.get_outputs()], python_session.run(None, {"images": x})))
     expected = [f"{path} {name}: {classes[int(np.argmax(reference[name][i]))]}"
                 for i, path in enumerate(images) for name, classes in (("fashion10", FASHION), ("coarse4", COARSE))]
     assert r.stdout.splitlines() == expected
+
+
+def test_docs_example_is_the_built_example():
+    """docs/cpp.md's example is cpp/examples/classify.cpp (which the tests build and run), line for
+    line, less its usage check."""
+    from tests.cpp.conftest import ROOT
+
+    doc = (ROOT / "docs" / "cpp.md").read_text()
+    example = doc.split("```cpp\n", 1)[1].split("```", 1)[0].splitlines()
+    source = iter((ROOT / "cpp" / "examples" / "classify.cpp").read_text().splitlines())
+    missing = [line for line in example if not any(line == s for s in source)]
+    assert not missing and len(example) > 20, f"docs/cpp.md's example has lines not in classify.cpp: {missing}"
 
 
 def test_cli_bench_reports_the_protocol(cpp_build, cpp_graph, tmp_path):
@@ -183,6 +254,12 @@ def bad_files(tmp_path_factory):
     Image.fromarray(np.zeros((32, 32, 4), np.uint8), mode="RGBA").save(d / "rgba.png")
     (d / "notes.txt").write_text("not an image\n")
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(d / "ok.ppm")
+    # libpng's errors (its longjmp) at the header and in the pixel data.
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(d / "good.png")
+    png = (d / "good.png").read_bytes()
+    (d / "broken_header.png").write_bytes(png[:16] + b"\xff\xff" + png[18:])       # IHDR width, CRC now wrong
+    (d / "cut_pixels.png").write_bytes(png[:len(png) // 2])                          # IDAT cut in the middle
     return d
 
 
@@ -194,6 +271,8 @@ BAD = {
     "image of the wrong size (truncated)": (lambda d, g: [g, "--image", d / "truncated.ppm"], "truncated"),
     "image with 4 channels": (lambda d, g: [g, "--image", d / "rgba.png"], "expected grey or RGB"),
     "not an image": (lambda d, g: [g, "--image", d / "notes.txt"], "not a PPM/PGM or PNG image"),
+    "PNG with a broken header": (lambda d, g: [g, "--image", d / "broken_header.png"], "not a readable PNG"),
+    "PNG cut short in its pixels": (lambda d, g: [g, "--image", d / "cut_pixels.png"], "not a readable PNG"),
     "a folder as image": (lambda d, g: [g, "--image", d], "is a folder"),
     "batch 0": (lambda d, g: [g, "--batch", 0], "expected a positive number of images"),
     "batch 0 in bench": (lambda d, g: [g, "--bench", "--batch", 0], "expected a positive number of images"),

@@ -19,7 +19,7 @@ def files(tmp_path_factory, family_models):
 
 def test_prune_command_writes_a_pruned_task_and_report(files, capsys):
     out = files / "pruned.pt"
-    rc = main(["prune", str(files / "task.pt"), "--base", str(files / "base.pt"), "--ratio", "0.5", "--scope", "global",
+    rc = main(["prune", str(files / "base.pt"), str(files / "task.pt"), "--ratio", "0.5", "--scope", "global",
                "--norm", "l1", "--round-to", "8", "-o", str(out)])
     assert rc == 0
     assert load_task(out).meta["pruned"]["report"]["options"] == {
@@ -30,9 +30,9 @@ def test_prune_command_writes_a_pruned_task_and_report(files, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["prune", "{task}", "--base", "{base}", "--ratio", "1.5", "-o", "{out}"], "strictly between 0 and 1"),
-    (["prune", "{task}", "--base", "{base}", "--ratio", "0.995", "-o", "{out}"], "would remove every channel"),
-    (["prune", "{task}", "--base", "{base}", "--ratio", "0.5", "--round-to", "0", "-o", "{out}"], "round_to 0"),
+    (["prune", "{base}", "{task}", "--ratio", "1.5", "-o", "{out}"], "strictly between 0 and 1"),
+    (["prune", "{base}", "{task}", "--ratio", "0.995", "-o", "{out}"], "would remove every channel"),
+    (["prune", "{base}", "{task}", "--ratio", "0.5", "--round-to", "0", "-o", "{out}"], "round_to 0"),
     (["compile", "{base}", "{task}", "--prune", "0", "-o", "{out}.onnx"], "strictly between 0 and 1"),
     (["compile", "{base}", "{task}", "--round-to", "8", "-o", "{out}.onnx"], "add --prune"),
 ])

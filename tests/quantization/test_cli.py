@@ -9,7 +9,7 @@ from subtune.commands.compile import _print_precision
 
 @pytest.mark.parametrize("flags, message", [
     (["--precision", "int8"], "--precision int8 needs --calibration DATA"),
-    (["--calibration", "fashion-mnist"], "--calibration applies to --precision int8 or fp16"),
+    (["--calibration", "fashion-mnist"], "--calibration does nothing for the default fp32 graph: only with --precision int8 or fp16"),
     (["--precision", "int8", "--calibration", "fashion-mnist", "--calibration-size", "0"], "--calibration-size 0"),
     (["--precision", "int8", "--calibration", "fashion-mnist", "--min-agreement", "95"], "fractions between 0 and 1"),
     (["--precision", "int8", "--calibration", "nosuch:/data"], "expected fashion-mnist, imagefolder:DIR"),
@@ -101,7 +101,7 @@ def test_sensitivity_flag_needs_int8(tmp_path, capsys, tiny_files):
     code = main(["compile", str(tiny_files / "base.pt"), str(tiny_files / "t.pt"), "-o", str(out), "--precision",
                  "fp16", "--sensitivity"])
     err = capsys.readouterr().err
-    assert code == 1 and "--sensitivity applies to --precision int8" in err and err.count("\n") == 1
+    assert code == 1 and "--sensitivity does nothing with --precision fp16" in err and err.count("\n") == 1
     assert not out.exists()
 
 

@@ -73,7 +73,7 @@ def test_qdq_scheme_is_what_tensorrt_takes(quantised):
 def test_int8_without_calibration_images_is_refused():
     from subtune.errors import SubtuneError
 
-    with pytest.raises(SubtuneError, match="--precision int8 needs --calibration"):
+    with pytest.raises(SubtuneError, match="`precision` int8 needs `calibration`"):
         PrecisionOptions("int8").check()
 
 

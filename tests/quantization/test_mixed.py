@@ -188,8 +188,8 @@ def test_int8_target_auto_follows_the_runtime():
     assert options.int8_target == "tensorrt" and options.tensorrt_compatible
 
 
-@pytest.mark.parametrize("kw, message", [(dict(check_size=0), "--check-size 0"),
-                                         (dict(max_fallback=-1), "--max-fallback -1")])
+@pytest.mark.parametrize("kw, message", [(dict(check_size=0), "`check_size` 0"),
+                                         (dict(max_fallback=-1), "`max_fallback` -1")])
 def test_bad_options_are_refused(kw, message):
     with pytest.raises(SubtuneError, match=message):
         PrecisionOptions("int8", "fashion-mnist", **kw).check()

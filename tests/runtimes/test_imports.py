@@ -36,7 +36,7 @@ def test_importing_runtimes_and_bench_loads_nothing_heavy():
 def test_parsing_bench_arguments_loads_nothing_heavy():
     code = textwrap.dedent("""
         from subtune.cli import build_parser
-        for argv in (["bench", "m.onnx", "--batch", "1,8", "--threads", "2"],
+        for argv in (["bench", "m.onnx", "--batch", "1,8", "--intra-op-threads", "2"],
                      ["bench", "--compare", "b.pt", "t1.pt", "--runtime", "tensorrt", "--cuda-graph"],
                      ["bench", "--profile", "p.json", "b.pt", "--budget-ms", "2"]):
             build_parser(argv).parse_args(argv)

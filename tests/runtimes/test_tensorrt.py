@@ -95,3 +95,38 @@ def test_compile_to_an_engine_without_tensorrt_names_the_cpu_path(tmp_path):
     with pytest.raises(SubtuneError, match="use -o model.onnx for the CPU path"):
         subtune.compile(base, [], tmp_path / "m.plan")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_a_compiled_engine_and_its_onnx_name_each_other(tmp_path):
+    """#22 item 4 on a real engine: the engine's name is the graph hash of the engine.onnx beside it,
+    which records the engine's sha256 and batch profile; `max_batch_size` is checked against the
+    profile TensorRT reports; the engine of another compile is refused beside this ONNX."""
+    import shutil
+
+    import onnx
+
+    import subtune
+    from subtune.models import make_base
+    from subtune.runtimes.tensorrt import check_engine_pair, engine_identity, file_sha256, onnx_graph_sha256
+    from subtune.synthetic import synthetic_task
+
+    base = make_base("subtune:tiny_resnet", {"num_classes": 5}, seed=0)
+    task = synthetic_task(base, "t", [3, 4], seed=1)
+    result = subtune.compile(base, [task], tmp_path / "m.plan", image_size=32, verify_batches=(1, 3),
+                             batch_range=(1, 4, 8))
+    onnx_path = tmp_path / "m.onnx"
+    name, profile = engine_identity(result.output)
+    assert name == onnx_graph_sha256(onnx_path) == result.report["engine"]["graph_sha256"] and profile == (1, 4, 8)
+    pair = check_engine_pair(result.output, onnx.load(str(onnx_path)), onnx_path)
+    assert pair.checked_by_tensorrt and pair.sha256 == file_sha256(result.output) and pair.batch_range == (1, 4, 8)
+    assert subtune.triton_repo(result.output, tmp_path / "repo", max_batch_size=8).backend == "tensorrt"
+    with pytest.raises(SubtuneError, match="`max_batch_size` 16 exceeds"):
+        subtune.triton_repo(result.output, tmp_path / "big", max_batch_size=16)
+    (tmp_path / "other").mkdir()
+    other = subtune.compile(base, [task], tmp_path / "other" / "m.plan", image_size=32, verify_batches=(1,),
+                            batch_range=(1, 2, 4))
+    shutil.copyfile(other.output, result.output)
+    with pytest.raises(SubtuneError, match="different compiles"):
+        subtune.triton_repo(result.output, tmp_path / "swapped")

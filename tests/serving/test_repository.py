@@ -10,6 +10,7 @@ import pytest
 from subtune.errors import SubtuneError
 from subtune.serving.repository import RepoOptions, write_repository
 from tests.serving.conftest import PREPROCESS, T1_CLASSES
+from tests.metadata_fixtures import with_subtune_metadata
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +25,25 @@ def model_config():
     return parse
 
 
-def _fake_engine(graph, folder):
-    """An 'engine' file beside the ONNX it came from, as subtune-compile -o engine.plan leaves them:
-    the repository copies the engine's bytes and reads shapes and metadata from the ONNX."""
+def _fake_engine(graph, folder, monkeypatch):
+    """An 'engine' file beside the ONNX it came from, each recording the other's hash as
+    subtune-compile -o engine.plan leaves them: the repository copies the engine's bytes and reads
+    shapes and metadata from the ONNX. The pair is checked by its hashes only (TensorRT, where
+    present, would refuse to deserialize these bytes)."""
+    from subtune.runtimes import tensorrt
+
     onnx_path = folder / "engine.onnx"
     onnx_path.write_bytes(graph.read_bytes())
     plan = folder / "engine.plan"
     plan.write_bytes(b"serialized engine bytes")
+    tensorrt.record_engine(onnx_path, plan, batch_range=(1, 8, 32), graph_sha256=tensorrt.onnx_graph_sha256(onnx_path))
+    monkeypatch.setattr(tensorrt, "tensorrt_unavailable_reason", lambda: "a fake engine: its hashes are checked")
     return plan
 
 
 @pytest.mark.parametrize("backend", ["python", "onnxruntime", "tensorrt"])
-def test_configs_parse_as_triton_model_config(backend, tiny_graph, tmp_path, model_config):
-    src = _fake_engine(tiny_graph, tmp_path) if backend == "tensorrt" else tiny_graph
+def test_configs_parse_as_triton_model_config(backend, tiny_graph, tmp_path, model_config, monkeypatch):
+    src = _fake_engine(tiny_graph, tmp_path, monkeypatch) if backend == "tensorrt" else tiny_graph
     repo = write_repository(src, tmp_path / "repo", RepoOptions(name="m", backend=backend, max_batch_size=16,
                                                                instances=2, preprocess=True))
     assert repo.models == ["m", "m_preprocess", "m_ensemble"]
@@ -57,10 +64,13 @@ def test_configs_parse_as_triton_model_config(backend, tiny_graph, tmp_path, mod
     # the subtune metadata travels in parameters, as JSON
     assert json.loads(cfg.parameters["subtune.outputs"].string_value) == ["base", "t1", "t2"]
     assert json.loads(cfg.parameters["subtune.preprocess"].string_value)["t1"] == PREPROCESS
-    # label file for the task with class names only
+    # label file for the task with class names only, in the version folder (each version has its own)
     labels = {o.name: o.label_filename for o in cfg.output}
-    assert labels == {"base": "", "t1": "labels_t1.txt", "t2": ""}
-    assert (repo.path / "m" / "labels_t1.txt").read_text().splitlines() == T1_CLASSES
+    assert labels == {"base": "", "t1": "1/labels_t1.txt", "t2": ""}
+    assert (repo.path / "m" / "1" / "labels_t1.txt").read_text().splitlines() == T1_CLASSES
+    # version 1, served by name (so versions 2, 3, ... can be written beside it while it serves)
+    assert repo.version == 1 and list(cfg.version_policy.specific.versions) == [1]
+    assert json.loads(cfg.parameters["served_versions"].string_value) == [1]
 
     pre = model_config(repo.path / "m_preprocess" / "config.pbtxt")
     assert pre.backend == "python" and [list(o.dims) for o in pre.output] == [[3, 32, 32]]
@@ -68,6 +78,7 @@ def test_configs_parse_as_triton_model_config(backend, tiny_graph, tmp_path, mod
     ens = model_config(repo.path / "m_ensemble" / "config.pbtxt")
     assert ens.platform == "ensemble" and [s.model_name for s in ens.ensemble_scheduling.step] == ["m_preprocess", "m"]
     assert [o.name for o in ens.output] == ["base", "t1", "t2"]
+    assert {o.name: o.label_filename for o in ens.output}["t1"] == "../m/1/labels_t1.txt"  # the served version's
     assert (repo.path / "m_ensemble" / "1").is_dir()
 
 
@@ -88,6 +99,14 @@ def test_bad_input_leaves_nothing(tiny_graph, tmp_path):
         with pytest.raises(SubtuneError, match=message):
             write_repository(tiny_graph, tmp_path / "r", RepoOptions(**opts))
         assert not (tmp_path / "r").exists()
+    import onnx
+
+    g = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["images"], ["base"])], "g",
+                               [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["b", 3, 8, 8])],
+                               [onnx.helper.make_tensor_value_info("base", onnx.TensorProto.FLOAT, ["b", 3, 8, 8])])
+    onnx.save(onnx.helper.make_model(g), str(tmp_path / "foreign.onnx"))  # no subtune metadata
+    with pytest.raises(SubtuneError, match="not a subtune graph"):
+        write_repository(tmp_path / "foreign.onnx", tmp_path / "r", RepoOptions())
     (tmp_path / "exists").mkdir()
     with pytest.raises(SubtuneError, match="exists"):
         write_repository(tiny_graph, tmp_path / "exists", RepoOptions())
@@ -98,11 +117,12 @@ def test_bad_input_leaves_nothing(tiny_graph, tmp_path):
     garbage.write_bytes(b"not a graph")
     with pytest.raises(SubtuneError, match="not a readable ONNX"):
         write_repository(garbage, tmp_path / "r", RepoOptions())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "garbage.onnx", "lonely.plan"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "foreign.onnx", "garbage.onnx", "lonely.plan"]
 
 
 def test_preprocess_needs_recorded_preprocessing(tmp_path):
-    """A graph whose tasks record no preprocessing cannot get the image ensemble."""
+    """A graph whose tasks record no preprocessing cannot get the image ensemble; an ONNX file that
+    is not a compiled graph is refused in one line."""
     import onnx
 
     from subtune.serving.graph import read_graph
@@ -111,7 +131,7 @@ def test_preprocess_needs_recorded_preprocessing(tmp_path):
                                [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["b", 3, 8, 8])],
                                [onnx.helper.make_tensor_value_info("base", onnx.TensorProto.FLOAT, ["b", 3, 8, 8])])
     path = tmp_path / "plain.onnx"
-    onnx.save(onnx.helper.make_model(g), str(path))
+    onnx.save(with_subtune_metadata(onnx.helper.make_model(g), ["base"]), str(path))
     assert read_graph(path).outputs[0].dims == [3, 8, 8]
     with pytest.raises(SubtuneError, match="records no preprocessing"):
         write_repository(path, tmp_path / "r", RepoOptions(preprocess=True))
@@ -143,7 +163,7 @@ def test_external_weights_travel_with_the_graph(tmp_path):
                           [numpy_helper.from_array(w, "w")])
     src = tmp_path / "src"
     src.mkdir()
-    onnx.save(helper.make_model(g), str(src / "big.onnx"), save_as_external_data=True,
+    onnx.save(with_subtune_metadata(helper.make_model(g), ["base"]), str(src / "big.onnx"), save_as_external_data=True,
               all_tensors_to_one_file=True, location="big.onnx.data", size_threshold=0)
     repo = write_repository(src / "big.onnx", tmp_path / "r", RepoOptions(backend="onnxruntime"))
     version = repo.path / "big" / "1"

@@ -190,8 +190,8 @@ def test_bad_requests_get_clear_errors_and_server_keeps_serving(tritonclient_mod
 
 
 def test_corrupt_model_fails_alone(serve_env, tiny_graph, tmp_path, tritonclient_modules, ort_session):
-    """One model with a broken graph: the server reports that model's load failure clearly and
-    serves the others; `subtune serve` on the same repository fails with one line and exit 1."""
+    """One model with a broken graph and one from a newer metadata schema: the server reports each
+    model's load failure clearly and serves the others; `subtune serve` on the same repository fails with one line and exit 1."""
     import shutil
     import subprocess
     import sys
@@ -204,6 +204,12 @@ def test_corrupt_model_fails_alone(serve_env, tiny_graph, tmp_path, tritonclient
     write_repository(tiny_graph, tmp_path / "other", RepoOptions(name="broken"))
     shutil.move(str(tmp_path / "other" / "broken"), str(root / "broken"))
     (root / "broken" / "1" / "model.onnx").write_bytes(b"this is not an ONNX graph")
+    # the Triton model reads the graph's metadata through the same definition as Python and C++
+    from tests.metadata_fixtures import newer_schema
+
+    write_repository(tiny_graph, tmp_path / "other2", RepoOptions(name="newer"))
+    shutil.move(str(tmp_path / "other2" / "newer"), str(root / "newer"))
+    newer_schema(tiny_graph, root / "newer" / "1" / "model.onnx")
 
     srv = TritonServer(root, ServerOptions(exit_on_error=False, ready_timeout_s=90), environment=serve_env)
     try:
@@ -213,6 +219,10 @@ def test_corrupt_model_fails_alone(serve_env, tiny_graph, tmp_path, tritonclient
         assert states["broken"]["state"] == "UNAVAILABLE"
         assert "INVALID_PROTOBUF" in states["broken"]["reason"] or "Protobuf parsing failed" in states["broken"]["reason"]
         assert "failed to load 'broken'" in srv.error_summary()
+        assert states["newer"]["state"] == "UNAVAILABLE"
+        from subtune.graph_metadata import schema_version
+
+        assert f"this reader knows schema {schema_version()} at most; upgrade subtune" in states["newer"]["reason"]
         http = tritonclient_modules[0]
         client = http.InferenceServerClient(srv.http_url, network_timeout=30)
         try:
@@ -269,6 +279,9 @@ def test_serve_command_prints_endpoints_and_stops_on_sigterm(serve_env, tiny_gra
         text = "".join(lines)
         assert "tritonserver ready" in text, text + proc.stderr.read() if proc.poll() is not None else text
         assert f"http://127.0.0.1:{ports[0]}/v2" in text and f"127.0.0.1:{ports[1]}" in text
+        # explicit model control by default: the temporary repository is named, with how to roll out into it
+        repository = text.split("  repository  ")[1].split()[0]
+        assert f"subtune rollout {repository} NEW.onnx --url 127.0.0.1:{ports[0]}" in text
         server_pid = int(text.split("(pid ")[1].split(")")[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/models/tiny/ready", timeout=5) as r:
             assert r.status == 200

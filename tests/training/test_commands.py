@@ -150,7 +150,7 @@ BAD = [
     (["--blocks", "9-10"], "out of range"),
     (["--blocks", "3,5"], "not consecutive"),
     ([], "--blocks is required"),
-    (["--mode", "linear", "--blocks", "3"], "trains no chosen blocks"),
+    (["--mode", "linear", "--blocks", "3"], "--blocks does nothing with --mode linear"),
     (["--blocks", "3", "--label-map", "warm=red;cold=purple"], "unknown class"),
     (["--blocks", "3", "--augment", "mixup"], None),  # argparse refuses it (exit 2)
 ]
@@ -173,3 +173,10 @@ def test_select_refuses_a_pool_with_other_classes(tmp_path, capsys, trained, bas
     code, _, err = _run(capsys, "select", base_path, trained, "--pool", fashion_mnist, "--pool-limit", "20",
                         "--budget", "3", "-o", tmp_path / "p.json")
     assert code == 1 and "--label-map" in err and not (tmp_path / "p.json").exists()
+
+
+def test_image_size_takes_height_and_width(tmp_path, capsys, base_path, folder):
+    """`--image-size H,W` means what it means everywhere: the input images' size in pixels."""
+    code, _, _ = _run(capsys, "train", base_path, "--data", f"imagefolder:{folder}", "--mode", "linear",
+                      "--image-size", "32,48", "--epochs", "1", "--batch-size", "8", "-o", tmp_path / "wide.pt")
+    assert code == 0 and load_task(tmp_path / "wide.pt").meta["preprocess"]["image_size"] == [32, 48]

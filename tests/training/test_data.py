@@ -113,7 +113,7 @@ def test_bad_specs_and_arguments(tmp_path, monkeypatch):
         load_dataset(f"fashion-mnist:{tmp_path}", "train", **KW)
     with pytest.raises(SubtuneError, match="split 'dev'"):
         load_dataset("fashion-mnist", "dev", **KW)
-    with pytest.raises(SubtuneError, match="val split"):
+    with pytest.raises(SubtuneError, match="`val_split`"):
         load_dataset("fashion-mnist", "train", val_split=1.5, **KW)
 
 

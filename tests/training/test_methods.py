@@ -195,7 +195,7 @@ def test_bad_method_flags_are_one_line_and_leave_no_file(tmp_path, capsys, tiny_
     data = [tiny_path, "--data", f"imagefolder:{folder}", *TRAIN]
     for extra, message in ((["--mode", "lora", "--lora-rank", "0"], "--lora-rank must be at least 1"),
                            (["--mode", "head2toe", "--feature-budget", "x"], "--feature-budget 'x'"),
-                           (["--mode", "lora", "--blocks", "auto"], "--blocks auto is for --mode subtune")):
+                           (["--mode", "lora", "--blocks", "auto"], "--blocks auto (greedy selection) is SubTuning's")):
         out = tmp_path / "t.pt"
         assert main(["train", *data, *extra, "-o", str(out)]) == 1
         err = capsys.readouterr().err.strip().splitlines()

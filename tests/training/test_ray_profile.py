@@ -68,14 +68,15 @@ def base_path(tmp_path_factory):
 def trainer(base_path):
     """The data exactly as `subtune profile` loads it for DATA and TRAIN."""
     from subtune.cli import build_parser
+    from subtune.commands.training_flags import data_options, training_options
     from subtune.formats import load_base
-    from subtune.training.options import load_splits, train_config
     from subtune.training.trainer import Trainer
 
     args = build_parser(["profile"]).parse_args(["profile", base_path, *DATA, *TRAIN, "-o", "unused.json"])
     base = load_base(base_path)
-    train, val, test = load_splits(args, base)
-    return Trainer(base, train, val, test, config=train_config(args, len(train)))
+    data = data_options(args).check()
+    train, val, test = data.load_splits(args.data, base)
+    return Trainer(base, train, val, test, config=training_options(args).check().config(len(train)))
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +322,7 @@ def test_cli_train_blocks_auto_on_ray_writes_the_serial_task(tmp_path, capsys, b
 
     from subtune.cli import main
     args = [base_path, *DATA, *TRAIN, "--blocks", "auto", "--max-blocks", "2", "--epsilon", "0"]
-    assert main(["train", *args, "--threads", "1", "-o", str(tmp_path / "serial.pt")]) == 0
+    assert main(["train", *args, "--torch-threads", "1", "-o", str(tmp_path / "serial.pt")]) == 0
     assert main(["train", *args, "--ray", "-o", str(tmp_path / "ray.pt")]) == 0
     assert "Ray: 1 node, 2 CPUs" in capsys.readouterr().out
     a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("serial", "ray"))

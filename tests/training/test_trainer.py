@@ -95,7 +95,7 @@ def test_activation_store_memory_disk_and_refusal(base, splits, tmp_path):
     assert torch.allclose(memory[idx], run_frozen(bb, train.batch(idx), 0, 4), atol=1e-5)
     feats = ActivationStore(bb, train).get(features_point(bb))
     assert feats[idx].shape == (3, 512)
-    with pytest.raises(SubtuneError, match="--cache-dir"):
+    with pytest.raises(SubtuneError, match="`cache_dir`"):
         ActivationStore(bb, train, memory_budget=1000).get(4)
 
 

@@ -5,11 +5,12 @@
 //
 //   subtune::Model model("model.onnx", subtune::Options{/*threads=*/2});
 //   std::vector<float> images = ...;                      // [batch, 3, H, W], preprocessed
-//   subtune::Outputs out = model.run(images.data(), batch);
+//   subtune::Outputs out = model.run(images, batch);      // or run(images.data(), images.size(), batch)
 //   const subtune::Tensor& t = out.at("fashion10");        // [batch, classes]
 //
-// Errors (a missing or foreign file, a wrong input shape, a failing run) are thrown as
-// subtune::Error with one line that says what was expected, what was found and what to do.
+// Errors (a missing or foreign file, a graph whose outputs are not float32, a wrong input shape or
+// buffer size, a failing run) are thrown as subtune::Error with one line that says what was
+// expected, what was found and what to do.
 #pragma once
 
 #include <array>
@@ -75,7 +76,10 @@ enum class Runtime {
 };
 
 struct Options {
-  int threads = 0;  // intra-op threads; 0: the runtime's default (one per physical core)
+  // Intra-op threads. With ONNX Runtime every Model of a process shares one environment and one
+  // thread pool, made by the first Model with its count (0: one per physical core); a later Model
+  // passes 0 or that same count (another count is refused). OpenVINO: threads of this model.
+  int threads = 0;
   Runtime runtime = Runtime::onnxruntime;
 };
 
@@ -93,7 +97,9 @@ class Model {
   const std::vector<TaskInfo>& tasks() const;
   const TaskInfo* task(const std::string& name) const;   // nullptr for "base" or an unknown name
   const std::string& arch() const;                       // subtune.arch, e.g. "torchvision:resnet50"
-  const std::string& subtune_version() const;
+  const std::string& subtune_version() const;             // subtune.version: the compiler's package version
+  int metadata_schema() const;            // subtune.schema: the metadata schema the graph follows
+  static int newest_metadata_schema();    // the newest schema this library reads (newer graphs are refused)
   bool verified() const;  // subtune.verified: the compiler checked this graph against PyTorch
   int input_height() const;
   int input_width() const;
@@ -103,9 +109,11 @@ class Model {
   // Class names of an output ("base" and tasks without names: empty).
   const std::vector<std::string>& classes(const std::string& output) const;
 
-  // Run `batch` images laid out [batch, 3, H, W] (float32, preprocessed). The data is not copied.
-  // Safe to call from several threads at once (OpenVINO serialises the calls).
-  Outputs run(const float* images, int64_t batch) const;
+  // Run `batch` images laid out [batch, 3, H, W] (float32, preprocessed): `size` floats, which must
+  // be batch * 3 * H * W. The data is read in place, not copied. Safe to call from several threads
+  // at once (OpenVINO serialises the calls).
+  Outputs run(const float* images, size_t size, int64_t batch) const;
+  Outputs run(const std::vector<float>& images, int64_t batch) const;
   Outputs run(const Tensor& images) const;  // checks images.shape == [batch, 3, H, W]
 
   std::string runtime() const;  // the runtime and its version, e.g. "onnxruntime 1.32.0"

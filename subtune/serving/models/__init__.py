@@ -6,4 +6,8 @@ and import nothing from subtune: a repository is self-contained."""
 from pathlib import Path
 
 GRAPH_MODEL = Path(__file__).with_name("graph_model.py")
+# What the graph model reads the graph's metadata with (subtune/graph_metadata.py and its definition):
+# copied beside it, the one reader Python and the server share.
+GRAPH_MODEL_SUPPORT = (Path(__file__).parents[2] / "graph_metadata.py",
+                       Path(__file__).parents[2] / "graph_metadata.schema.json")
 PREPROCESS_MODEL = Path(__file__).with_name("preprocess_model.py")

@@ -1,12 +1,13 @@
 """Triton python-backend model: one compiled subtune graph run with ONNX Runtime (CPU).
 
-Written by `subtune triton-repo`; runs inside Triton's backend stub. Per-request overhead is
+Written by `subtune triton-repo`; runs inside Triton's backend stub. At load it checks the graph's
+subtune metadata against the definition copied beside it (graph_metadata.py and its JSON), so a graph
+from a newer schema or missing a key fails to load with one line. Per-request overhead is
 what limits a served model's throughput, so each `execute` call does one ONNX Runtime run for all
 the requests Triton's dynamic batcher hands it:
 
 - the inputs are read as zero-copy views of the shared-memory tensors; one concatenation when
   more than one request arrives (none for a single request);
-- only the outputs some request asked for are computed (ONNX Runtime prunes the rest);
 - each response gets row slices (views) of the batch's outputs;
 - ONNX Runtime's intra-op threads come from the `ort_intra_op_threads` parameter (default: the
   usable cores divided by the instance count), with spinning off by default so idle worker
@@ -23,6 +24,18 @@ import triton_python_backend_utils as pb_utils
 def _parameter(config, key, default):
     value = config.get("parameters", {}).get(key, {}).get("string_value")
     return default if value in (None, "") else value
+
+
+def _graph_metadata():
+    """subtune's graph_metadata module, which `subtune triton-repo` copies beside this file with its
+    JSON definition (the server's Python has no subtune)."""
+    import importlib.util
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "graph_metadata.py")
+    spec = importlib.util.spec_from_file_location("subtune_graph_metadata", here)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class TritonPythonModel:
@@ -45,6 +58,10 @@ class TritonPythonModel:
         opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         path = os.path.join(args["model_repository"], args["model_version"], _parameter(config, "graph_file", "model.onnx"))
         self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        try:  # the graph's subtune metadata, checked against the definition copied beside this file
+            self.metadata = _graph_metadata().decode(self.session.get_modelmeta().custom_metadata_map, path)
+        except ValueError as e:
+            raise pb_utils.TritonModelException(str(e)) from None
         known = {o.name for o in self.session.get_outputs()}
         missing = [n for n in self.output_names if n not in known]
         if missing:
