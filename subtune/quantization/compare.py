@@ -11,6 +11,9 @@ runs; a --task-select graph with every task asked for on every image), per outpu
   relative_logit_error mean over images of ||reduced - fp32|| / ||fp32||
   accuracy             at both precisions, for outputs the check labels apply to
 
+Each graph runs once per check set (`check_outputs`): quantize's runs of the fp32 graph and of
+the INT8 graph it settles on are what verify precision judges.
+
 Which arithmetic is checked: a `--int8-target cpu` graph runs on ONNX Runtime's own int8 kernels,
 as it will be deployed. A `tensorrt` graph runs with ONNX Runtime's QDQ fusion off (EMULATE_QDQ):
 each DequantizeLinear -> op -> QuantizeLinear in float, which is the graph's arithmetic as

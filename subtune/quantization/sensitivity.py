@@ -16,8 +16,8 @@ Two ways to the same numbers:
   one session per unit (`sensitivity_per_session`): each one-unit graph made by fall_back and
       run in a session of its own; slower, and the reference the one graph is tested against
       (tests/quantization/test_sensitivity.py). Taken when the one graph cannot be built: a unit
-      whose quantised inputs are not in the form ONNX Runtime's quantiser writes
-      (NotOneGraph says which).
+      whose quantised inputs are not in the form ONNX Runtime's quantiser writes, or fp32 and
+      int8 weights together past protobuf's 2 GiB (NotOneGraph says which).
 
 Both run the copies as the check runs the graph (QDQ fused, or run as written for the tensorrt
 form: compare.py), so ONNX Runtime sees the same node patterns around each unit either way.
@@ -41,7 +41,7 @@ from subtune.runtimes.onnxruntime import every_task_feeds, make_session
 
 log = logging.getLogger(__name__)
 
-CHUNK_NODES = 4000  # copied nodes per sensitivity session: ResNet-50 with 4 tasks takes 3-4 sessions
+CHUNK_NODES = 4000  # copied nodes per sensitivity session: ResNet-50 with 4 tasks (10,280 copied) takes 3
 # Below this relative logit error, a one-graph error is rounding, not quantisation: where a copy runs after a merge,
 # ONNX Runtime may lay out its float convolutions differently from the fp32 nodes beside it (NCHWc or not), which
 # moves outputs the unit does not feed by ~1e-7. One int8 step is 1/255 of a range: units measure 1e-4 and more.
