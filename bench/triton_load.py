@@ -5,13 +5,20 @@ the `split` variant of `subtune-bench --compare`, as a Triton ensemble).
 
     python bench/triton_load.py                      # the main job's graph (scripts/main_job.sh)
     python bench/triton_load.py --graph G.onnx --base base.pt --tasks a.pt,b.pt --duration 3
+    # single-task requests: the task-select graph (issue 20) against the plain graph, 8 clients
+    python bench/triton_load.py --graph G.onnx --select-graph G_select.onnx --variants compiled,select \
+        --ask one-task --concurrency 8 --batch 1 --fault-duration 0
 
 Served models, one server, one repository:
     compiled       the compiled graph, dynamic batching on
     compiled-nodb  the compiled graph, dynamic batching off
     split          ensemble: prefix -> base remainder + one remainder per task (dynamic batching on)
+    select         (--select-graph) the same tasks compiled with --task-select, dynamic batching on:
+                   the served model computes only the tasks a request names
 For each: HTTP and gRPC, request batch 1 and 4, concurrency 1, 2, 4, 8 (client threads, one
-client each, every request with a timeout); throughput (images/s), p50 / p99 latency, errors.
+client each, every request with a timeout), and what each request asks for (--ask): `all` every
+output, `one-task` client i only task i mod k (so concurrent requests ask for different tasks and
+the dynamic batcher mixes them); throughput (images/s), p50 / p99 latency, errors.
 Ratios are to in-process ONNX Runtime (same thread count) at the request's batch size and at
 batch 8 (the largest batch dynamic batching forms here), measured right before each cell
 (interleaved, so drift in the machine's load hits both sides of a ratio alike).
@@ -47,8 +54,10 @@ BACKOFF_S = 0.02  # after a failed request, so a down server is not hammered in 
 
 
 def build_repository(graph: Path, base_path: Path | None, task_paths: list[Path], root: Path, *,
-                     max_batch: int, queue_delay_us: int, threads: int, instances: int = 1) -> dict:
-    """compiled, compiled-nodb and (with a base and tasks) the split ensemble, in one repository."""
+                     max_batch: int, queue_delay_us: int, threads: int, instances: int = 1,
+                     select_graph: Path | None = None) -> dict:
+    """compiled, compiled-nodb, (with a base and tasks) the split ensemble and (with a task-select
+    graph) select, in one repository."""
     from subtune.serving.repository import RepoOptions, write_repository
 
     def add(src: Path, name: str, dynamic: bool = True):
@@ -65,6 +74,9 @@ def build_repository(graph: Path, base_path: Path | None, task_paths: list[Path]
     add(graph, "compiled")
     add(graph, "compiled-nodb", dynamic=False)
     models = {"compiled": "compiled", "compiled-nodb": "compiled-nodb"}
+    if select_graph is not None:
+        add(select_graph, "select")
+        models["select"] = "select"
     if base_path is not None:
         pieces = export_split(base_path, task_paths, graph, root.parent / "split")
         for name, path in pieces["files"].items():
@@ -328,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,2,4,8")
     p.add_argument("--batch", default="1,4", help="images per request")
     p.add_argument("--protocols", default="http,grpc")
-    p.add_argument("--variants", default="compiled,compiled-nodb,split")
+    p.add_argument("--variants", default="compiled,compiled-nodb,split,select",
+                   help="served variants to load (select: only with --select-graph)")
+    p.add_argument("--select-graph", help="the same tasks compiled with --task-select (subtune-compile ... "
+                                          "--task-select): adds the `select` variant")
+    p.add_argument("--ask", default="all", help="what each request asks for, a comma list of: all (every output), "
+                                                "one-task (client i asks only for task i mod k)")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each cell")
     p.add_argument("--timeout", type=float, default=10.0, help="client timeout per request, seconds")
@@ -359,7 +376,18 @@ def main(argv: list[str] | None = None) -> int:
     served_threads = args.served_threads or args.threads or max(1, usable_cores() // args.instances)
     info = read_graph(graph)
     outputs = [o.name for o in info.outputs]
-    size = info.inputs[0].dims
+    size = info.image_input.dims
+    asks = args.ask.split(",")
+    if not asks or any(a not in ASKS for a in asks):
+        print(f"--ask {args.ask}: expected a comma list of {', '.join(ASKS)}", file=sys.stderr)
+        return 1
+    select_graph = Path(args.select_graph) if args.select_graph else None
+    if select_graph is not None:
+        sel = read_graph(select_graph)
+        if sel.task_select is None or [o.name for o in sel.outputs] != outputs or sel.image_input.dims != size:
+            print(f"{select_graph}: expected the tasks of {graph} ({', '.join(outputs[1:])}, input {size}) compiled "
+                  "with --task-select", file=sys.stderr)
+            return 1
     base_path = task_paths = None
     if not args.no_split and "split" in args.variants:
         base_path = Path(args.base) if args.base else graph.with_name("base.pt")
@@ -372,13 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="triton-load-"))
     result: dict = {"graph": str(graph), "outputs": outputs, "input": size, "threads": threads,
                     "served_threads_per_instance": served_threads,
+                    "select_graph": str(select_graph) if select_graph else None,
                     "settings": {k: getattr(args, k) for k in ("concurrency", "batch", "protocols", "duration", "warmup",
-                                                               "timeout", "max_batch", "queue_delay_us", "instances")},
+                                                               "timeout", "max_batch", "queue_delay_us", "instances",
+                                                               "ask")},
                     "machine_before": machine_info(threads), "cpu_flags": cpu_flags()}
     try:
         print("building the repository ...", file=sys.stderr)
         models = build_repository(graph, base_path, task_paths or [], work / "repo", max_batch=args.max_batch,
-                                  queue_delay_us=args.queue_delay_us, threads=served_threads, instances=args.instances)
+                                  queue_delay_us=args.queue_delay_us, threads=served_threads, instances=args.instances,
+                                  select_graph=select_graph)
         variants = [v for v in args.variants.split(",") if v in models]
         batches = parse_list(args.batch)
         ort = InProcess(graph, threads)
@@ -390,42 +421,40 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if "split" in variants:
                 result["split_vs_compiled_max_rel_error"] = check_split(server, outputs, size)
-            for variant in variants:
-                for protocol in args.protocols.split(","):
-                    url = server.http_url if protocol == "http" else server.grpc_url
-                    for b in batches:
-                        x = np.random.default_rng(b).standard_normal((b, *size), dtype=np.float32)
-                        for c in parse_list(args.concurrency):
-                            def make(protocol=protocol, url=url, variant=variant, x=x):
-                                return Client(protocol, url, models[variant], x, outputs, args.timeout)
-
-                            make.batch = b
-                            # interleaved: in-process references right before each cell, so drift
-                            # in the machine's load hits both sides of every ratio alike
-                            same = ort.images_per_s(b, ref_s)
-                            full = ort.images_per_s(args.max_batch, ref_s)
-                            full_cpu = ort.last_cpu_ms_per_image
-                            counted = "split-prefix" if variant == "split" else models[variant]
-                            stats0 = model_stats(server, counted)
-                            r = run_load(make, c, args.warmup, args.duration, args.timeout,
-                                         cpu_probe=cpu_probe_for(server))
-                            stats1 = model_stats(server, counted)
-                            runs = stats1["execution_count"] - stats0["execution_count"]
-                            r["mean_executed_batch"] = ((stats1["inference_count"] - stats0["inference_count"]) / runs
-                                                        if runs else None)
-                            if "cpu_ms_per_image" in r:
-                                # load-independent: images/s on the same cores scale as 1 / CPU per image
-                                r["ort_batch_max_cpu_ms_per_image"] = full_cpu
-                                r["x_ort_batch_max_cpu"] = full_cpu / r["cpu_ms_per_image"]["total"]
-                            r.update(ort_same_batch_images_per_s=same, ort_batch_max_images_per_s=full,
-                                     x_ort_same_batch=r["requests_per_s"] * b / same,
-                                     x_ort_batch_max=r["requests_per_s"] * b / full,
-variant=variant, protocol=protocol, batch=b, concurrency=c,
-                                     images_per_s=r["requests_per_s"] * b)
-                            cells.append(r)
-                            print(f"  {variant:13s} {protocol:4s} batch {b} x{c}: {r['images_per_s']:8.1f} img/s "
-                                  f"p50 {fmt(r['p50_ms'])} p99 {fmt(r['p99_ms'])} ms errors {r['errors']}",
-                                  file=sys.stderr)
+            if "select" in variants:
+                result["select_vs_compiled_max_rel_error"] = check_select(server, outputs, size)
+            for variant, protocol, b, c, ask in ((v, p, b, c, a) for v in variants for p in args.protocols.split(",")
+                                                 for b in batches for c in parse_list(args.concurrency) for a in asks):
+                url = server.http_url if protocol == "http" else server.grpc_url
+                x = np.random.default_rng(b).standard_normal((b, *size), dtype=np.float32)
+                make = client_factory(protocol, url, models[variant], x, outputs, ask, args.timeout)
+                make.batch = b
+                # interleaved: in-process references right before each cell, so drift
+                # in the machine's load hits both sides of every ratio alike
+                same = ort.images_per_s(b, ref_s)
+                full = ort.images_per_s(args.max_batch, ref_s)
+                full_cpu = ort.last_cpu_ms_per_image
+                counted = "split-prefix" if variant == "split" else models[variant]
+                stats0 = model_stats(server, counted)
+                r = run_load(make, c, args.warmup, args.duration, args.timeout,
+                             cpu_probe=cpu_probe_for(server))
+                stats1 = model_stats(server, counted)
+                runs = stats1["execution_count"] - stats0["execution_count"]
+                r["mean_executed_batch"] = ((stats1["inference_count"] - stats0["inference_count"]) / runs
+                                            if runs else None)
+                if "cpu_ms_per_image" in r:
+                    # load-independent: images/s on the same cores scale as 1 / CPU per image
+                    r["ort_batch_max_cpu_ms_per_image"] = full_cpu
+                    r["x_ort_batch_max_cpu"] = full_cpu / r["cpu_ms_per_image"]["total"]
+                r.update(ort_same_batch_images_per_s=same, ort_batch_max_images_per_s=full,
+                         x_ort_same_batch=r["requests_per_s"] * b / same,
+                         x_ort_batch_max=r["requests_per_s"] * b / full,
+                         variant=variant, protocol=protocol, batch=b, concurrency=c, ask=ask,
+                         images_per_s=r["requests_per_s"] * b)
+                cells.append(r)
+                print(f"  {variant:13s} {protocol:4s} batch {b} x{c} {ask:8s}: {r['images_per_s']:8.1f} img/s "
+                      f"p50 {fmt(r['p50_ms'])} p99 {fmt(r['p99_ms'])} ms errors {r['errors']}",
+                      file=sys.stderr)
             fault = None
             if args.fault_duration > 0:
                 print("fault run ...", file=sys.stderr)
@@ -445,6 +474,49 @@ variant=variant, protocol=protocol, batch=b, concurrency=c,
         print(f"wrote {path}", file=sys.stderr)
     bad = sum(r["errors"] + r["hung_threads"] for r in result["cells"])
     return 0 if bad == 0 and (result["fault"] is None or result["fault"]["within_timeout"]) else 2
+
+
+ASKS = ("all", "one-task")
+
+
+def client_factory(protocol: str, url: str, model: str, x: np.ndarray, outputs: list[str], ask: str, timeout: float):
+    """Makes one Client per load thread: asking for every output (`all`), or (`one-task`) the i-th
+    client made for task i mod k only, so concurrent requests ask for different tasks."""
+    counter, lock = iter(range(10**6)), threading.Lock()
+    tasks = outputs[1:]
+
+    def make():
+        with lock:
+            i = next(counter)
+        return Client(protocol, url, model, x, outputs if ask == "all" else [tasks[i % len(tasks)]], timeout)
+
+    return make
+
+
+def check_select(server, outputs, size) -> float:
+    """The task-select graph asked for one task at a time computes what the compiled graph computes
+    (max relative difference; no NaN in the task asked for)."""
+    import tritonclient.http as m
+
+    x = np.random.default_rng(0).standard_normal((2, *size), dtype=np.float32)
+    client = m.InferenceServerClient(server.http_url, network_timeout=60)
+    worst = 0.0
+    try:
+        def ask(model, names):
+            inp = m.InferInput("images", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            r = client.infer(model, [inp], outputs=[m.InferRequestedOutput(o, binary_data=True) for o in names])
+            return {o: r.as_numpy(o) for o in names}
+
+        full = ask("compiled", outputs)
+        for task in outputs[1:]:
+            got = ask("select", [task])[task]
+            if np.isnan(got).any():
+                raise RuntimeError(f"the select model answered NaN for task {task}, which the request asked for")
+            worst = max(worst, float(np.abs(got - full[task]).max() / np.abs(full[task]).max()))
+    finally:
+        client.close()
+    return worst
 
 
 def check_split(server, outputs, size) -> float:
@@ -533,6 +605,10 @@ def report(result: dict, max_batch: int) -> str:
              f"load average before {m.get('load_average')}, after {result['machine_after'].get('load_average')}",
              "in-process ONNX Runtime images/s (mean of the references taken before each cell): " + ", ".join(
                  f"batch {b}: {v:.1f}" for b, v in result["inprocess_images_per_s"].items())]
+    if "select_vs_compiled_max_rel_error" in result:
+        lines.append(f"select: {result['select_graph']} (the same tasks, --task-select); asked one task at a time it "
+                     f"answers as the compiled graph within {result['select_vs_compiled_max_rel_error']:.2e} (max "
+                     "relative difference). ask one-task: client i asks only for task i mod k")
     if "split_vs_compiled_max_rel_error" in result:
         lines.append(f"split ensemble vs compiled graph: max relative difference "
                      f"{result['split_vs_compiled_max_rel_error']:.2e}")
@@ -540,7 +616,8 @@ def report(result: dict, max_batch: int) -> str:
         c = r.get("cpu_ms_per_image")
         return f"{c['server']:.2f}/{c['stubs']:.2f}/{c['client']:.2f}" if c else "-"
 
-    rows = [[r["variant"], r["protocol"], str(r["batch"]), str(r["concurrency"]), f"{r['images_per_s']:.1f}",
+    rows = [[r["variant"], r["protocol"], str(r["batch"]), str(r["concurrency"]), r.get("ask", "all"),
+             f"{r['images_per_s']:.1f}",
              fmt(r["p50_ms"]), fmt(r["p99_ms"]), str(r["errors"] + r["hung_threads"]),
              f"{r['x_ort_same_batch']:.2f}", f"{r['x_ort_batch_max']:.2f}", cpu(r),
              f"{r['x_ort_batch_max_cpu']:.2f}" if "x_ort_batch_max_cpu" in r else "-",
@@ -548,7 +625,7 @@ def report(result: dict, max_batch: int) -> str:
     ort_cpu = [r["ort_batch_max_cpu_ms_per_image"] for r in result["cells"] if "ort_batch_max_cpu_ms_per_image" in r]
     if ort_cpu:
         lines.append(f"in-process ONNX Runtime at batch {max_batch}: {np.mean(ort_cpu):.2f} CPU ms per image (mean)")
-    lines.append(table(["variant", "proto", "batch", "conc", "images/s", "p50 ms", "p99 ms", "errors",
+    lines.append(table(["variant", "proto", "batch", "conc", "ask", "images/s", "p50 ms", "p99 ms", "errors",
                         "x ORT same batch", f"x ORT batch {max_batch}", "CPU ms/img server/stubs/client",
                         f"x ORT batch {max_batch} by CPU", "mean run batch"], rows))
     lines.append("x ORT: served images/s over in-process ONNX Runtime images/s, measured right before each cell "

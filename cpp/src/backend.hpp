@@ -12,19 +12,31 @@
 
 namespace subtune::detail {
 
+// A graph input or output as the runtime sees it: its name, its element type named as ONNX names
+// them in numpy style ("float32", "bool", "int64", ...; "not a tensor" for a sequence or map) and
+// its shape (-1 for a dynamic dimension).
+struct ValueInfo {
+  std::string name;
+  std::string type;
+  std::vector<int64_t> shape;
+};
+
+// One input of a run: inputs()[input], `data` laid out row-major in `shape` (float32 for a float32
+// input, one byte of 0 or 1 per element for a bool input); read in place, never written.
+struct Feed {
+  size_t input = 0;
+  const void* data = nullptr;
+  std::vector<int64_t> shape;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;  // e.g. "onnxruntime 1.32.0"
-  virtual size_t input_count() const = 0;
-  virtual std::string input_name() const = 0;
-  virtual bool input_is_float32() const = 0;
-  virtual std::vector<int64_t> input_shape() const = 0;  // -1 for a dynamic dimension
-  virtual std::vector<std::string> output_names() const = 0;
-  // Each output's element type, named as ONNX names them in numpy style: "float32", "int64", ...
-  virtual std::vector<std::string> output_types() const = 0;
-  // images [batch, 3, H, W] (read in place, not written); outputs in output_names() order.
-  virtual std::vector<Tensor> run(const float* images, const std::array<int64_t, 4>& shape) = 0;
+  virtual const std::vector<ValueInfo>& inputs() const = 0;
+  virtual const std::vector<ValueInfo>& outputs() const = 0;
+  // One feed per input; the outputs in outputs() order, each checked to be float32.
+  virtual std::vector<Tensor> run(const std::vector<Feed>& feeds) = 0;
 };
 
 // Each throws subtune::Error with one line when the file cannot be loaded.

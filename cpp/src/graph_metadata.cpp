@@ -170,6 +170,8 @@ std::string describe(const json& v) {
 
 }  // namespace
 
+std::string python_repr(const json& value) { return py_repr(value); }
+
 std::string check_metadata_value(const json& value, const json& schema, const std::string& where) {
   std::vector<std::string> types = types_of(schema);
   if (std::none_of(types.begin(), types.end(), [&](const std::string& t) { return is_type(value, t); })) {

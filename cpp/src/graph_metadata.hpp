@@ -25,6 +25,9 @@ nlohmann::ordered_json decode_graph_metadata(const std::map<std::string, std::st
 
 // The first way `value` breaks `schema` (the JSON Schema subset the definition uses), as
 // "WHERE is FOUND, expected EXPECTED"; empty when it fits. graph_metadata.check's twin.
+// repr(value) of the value json.loads gives, as Python writes it in its messages ("['a', 'b']").
+std::string python_repr(const nlohmann::ordered_json& value);
+
 std::string check_metadata_value(const nlohmann::ordered_json& value, const nlohmann::ordered_json& schema, const std::string& where);
 
 }  // namespace subtune::detail

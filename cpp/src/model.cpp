@@ -78,6 +78,15 @@ struct Model::Impl {
   int schema = 0;
   bool verified = false;
   int height = 0, width = 0;
+  size_t images_input = 0;         // the backend's input index of `images`
+  std::optional<size_t> mask_input;  // of the task-select mask (subtune.task_select): none for a plain graph
+  std::vector<std::string> task_names;  // the mask's columns
+
+  void check_images(const float* images, size_t size, int64_t batch) const;
+  void check_mask(const TaskMask& mask, int64_t batch) const;
+  void require_task_select() const;
+  int64_t column(const std::string& task) const;
+  Outputs run(const float* images, int64_t batch, const TaskMask* mask) const;
 };
 
 Model::Model(const std::string& path, const Options& options) : impl_(std::make_unique<Impl>()) {
@@ -134,19 +143,52 @@ Model::Model(const std::string& path, const Options& options) : impl_(std::make_
     m.tasks.push_back(std::move(info));
   }
 
+  for (const auto& t : m.tasks) m.task_names.push_back(t.name);
+  std::string mask_name;
+  if (meta.contains("subtune.task_select")) {
+    const json& spec = meta["subtune.task_select"];
+    if (spec.at("columns").get<std::vector<std::string>>() != m.task_names)
+      throw Error(path + ": its task-select columns " + detail::python_repr(spec.at("columns")) +
+                  " are not its tasks " + detail::python_repr(json(m.task_names)) + "; compile the graph again");
+    mask_name = spec.at("input").get<std::string>();
+  }
+
   // The graph itself must agree with its metadata.
   const detail::Backend& b = *m.backend;
-  if (b.input_count() != 1)
-    throw Error(path + ": expected one input (images), found " + std::to_string(b.input_count()));
-  auto in_shape = b.input_shape();
-  if (!b.input_is_float32() || in_shape.size() != 4 || (in_shape[1] >= 0 && in_shape[1] != 3) ||
+  const std::vector<detail::ValueInfo>& inputs = b.inputs();
+  std::vector<std::string> input_names;
+  for (const auto& in : inputs) input_names.push_back(in.name);
+  if (mask_name.empty() && inputs.size() != 1)
+    throw Error(path + ": expected one input (images), found " + std::to_string(inputs.size()) + " (" +
+                join(input_names) + "); compile the graph again");
+  if (!mask_name.empty()) {
+    auto it = std::find(input_names.begin(), input_names.end(), mask_name);
+    if (inputs.size() != 2 || it == input_names.end())
+      throw Error(path + ": expected two inputs, images and " + mask_name + " (as subtune.task_select says), found " +
+                  join(input_names) + "; compile the graph again");
+    m.mask_input = size_t(it - input_names.begin());
+    m.images_input = 1 - *m.mask_input;
+    const detail::ValueInfo& mask = inputs[*m.mask_input];
+    const int64_t k = int64_t(m.task_names.size());
+    if (mask.type != "bool" || mask.shape.size() != 2 || (mask.shape[1] >= 0 && mask.shape[1] != k))
+      throw Error(path + ": input " + mask_name + " is " + mask.type + " " + shape_str(mask.shape) + ", expected bool "
+                  "[batch, " + std::to_string(k) + "] (one column per task) as subtune.task_select says; compile the "
+                  "graph again");
+  }
+  const detail::ValueInfo& images = inputs[m.images_input];
+  const auto& in_shape = images.shape;
+  if (images.type != "float32" || in_shape.size() != 4 || (in_shape[1] >= 0 && in_shape[1] != 3) ||
       (in_shape[2] >= 0 && in_shape[2] != m.height) || (in_shape[3] >= 0 && in_shape[3] != m.width))
-    throw Error(path + ": input " + b.input_name() + " is " + shape_str(in_shape) + ", expected float32 [batch, 3, " +
+    throw Error(path + ": input " + images.name + " is " + shape_str(in_shape) + ", expected float32 [batch, 3, " +
                 std::to_string(m.height) + ", " + std::to_string(m.width) + "] as subtune.input_size says");
-  if (b.output_names() != m.outputs)
-    throw Error(path + ": metadata lists outputs " + join(m.outputs) + " but the graph has " + join(b.output_names()) +
+  std::vector<std::string> output_names, types;
+  for (const auto& out : b.outputs()) {
+    output_names.push_back(out.name);
+    types.push_back(out.type);
+  }
+  if (output_names != m.outputs)
+    throw Error(path + ": metadata lists outputs " + join(m.outputs) + " but the graph has " + join(output_names) +
                 "; the file was edited after compiling: compile it again");
-  std::vector<std::string> types = b.output_types();
   for (size_t i = 0; i < types.size(); ++i)
     if (types[i] != "float32")
       throw Error(path + ": output " + m.outputs[i] + " is " + types[i] + ", expected float32 (subtune graphs output "
@@ -206,32 +248,162 @@ std::optional<Preprocess> Model::preprocess() const {
   return chosen;
 }
 
-Outputs Model::run(const Tensor& images) const {
+// --- Task selection --------------------------------------------------------------------------------
+
+namespace {
+
+std::string mask_shape(int64_t batch, int64_t columns) {
+  return "[" + std::to_string(batch) + ", " + std::to_string(columns) + "]";
+}
+
+}  // namespace
+
+TaskMask::TaskMask(int64_t batch, int64_t columns) : batch_(batch), columns_(columns) {
+  if (batch < 1 || columns < 1)
+    throw Error("task mask " + mask_shape(batch, columns) + ": expected at least one image and one task column");
+  values_.assign(size_t(batch) * size_t(columns), 0);
+}
+
+namespace {
+
+size_t mask_index(const TaskMask& m, int64_t image, int64_t column) {
+  if (image < 0 || image >= m.batch() || column < 0 || column >= m.columns())
+    throw Error("task mask " + mask_shape(m.batch(), m.columns()) + ": no entry at image " + std::to_string(image) +
+                ", column " + std::to_string(column) + "; images are 0 to " + std::to_string(m.batch() - 1) +
+                ", columns 0 to " + std::to_string(m.columns() - 1));
+  return size_t(image) * size_t(m.columns()) + size_t(column);
+}
+
+}  // namespace
+
+void TaskMask::set(int64_t image, int64_t column, bool compute) {
+  values_[mask_index(*this, image, column)] = compute ? 1 : 0;
+}
+
+bool TaskMask::get(int64_t image, int64_t column) const { return values_[mask_index(*this, image, column)] != 0; }
+
+bool Model::task_select() const { return impl_->mask_input.has_value(); }
+
+void Model::Impl::require_task_select() const {
+  if (!mask_input)
+    throw Error(path + " was compiled without --task-select: every image computes every task; recompile it with "
+                "--task-select to choose tasks per image");
+}
+
+int64_t Model::Impl::column(const std::string& task) const {
+  auto it = std::find(task_names.begin(), task_names.end(), task);
+  if (it == task_names.end())
+    throw Error(path + ": no task " + detail::python_repr(json(task)) + "; its tasks are " + join(task_names) +
+                (task == outputs.front() ? " (the base is always computed)" : ""));
+  return int64_t(it - task_names.begin());
+}
+
+TaskMask Model::task_mask(const std::vector<std::vector<std::string>>& tasks_per_image) const {
+  impl_->require_task_select();
+  if (tasks_per_image.empty())
+    throw Error(impl_->path + ": tasks per image: expected one list of task names per image, found none");
+  TaskMask mask(int64_t(tasks_per_image.size()), int64_t(impl_->task_names.size()));
+  for (size_t i = 0; i < tasks_per_image.size(); ++i)
+    for (const auto& name : tasks_per_image[i]) mask.set(int64_t(i), impl_->column(name));
+  return mask;
+}
+
+TaskMask Model::task_mask(const std::vector<std::string>& tasks, int64_t batch) const {
+  impl_->require_task_select();
+  if (batch < 1) throw Error("batch " + std::to_string(batch) + ": expected at least one image");
+  TaskMask mask(batch, int64_t(impl_->task_names.size()));
+  for (const auto& name : tasks) {
+    const int64_t c = impl_->column(name);
+    for (int64_t i = 0; i < batch; ++i) mask.set(i, c);
+  }
+  return mask;
+}
+
+void Model::Impl::check_mask(const TaskMask& mask, int64_t batch) const {
+  const int64_t k = int64_t(task_names.size());
+  if (mask.batch() != batch || mask.columns() != k)
+    throw Error(path + ": the task mask is " + mask_shape(mask.batch(), mask.columns()) + ", expected " +
+                mask_shape(batch, k) + " (one row per image, one column per task: " + join(task_names) +
+                "); build it with Model::task_mask");
+}
+
+// --- Runs ---------------------------------------------------------------------------------------------
+
+namespace {
+
+int64_t batch_of(const Tensor& images, int height, int width) {
   const auto& s = images.shape;
-  if (s.size() != 4 || s[1] != 3 || s[2] != impl_->height || s[3] != impl_->width)
-    throw Error("images are " + shape_str(s) + ", expected [batch, 3, " + std::to_string(impl_->height) + ", " +
-                std::to_string(impl_->width) + "] (preprocessed, 3 channels, the graph's input size)");
-  return run(images.data.data(), images.data.size(), s[0]);
+  if (s.size() != 4 || s[1] != 3 || s[2] != height || s[3] != width)
+    throw Error("images are " + shape_str(s) + ", expected [batch, 3, " + std::to_string(height) + ", " +
+                std::to_string(width) + "] (preprocessed, 3 channels, the graph's input size)");
+  return s[0];
+}
+
+}  // namespace
+
+void Model::Impl::check_images(const float* images, size_t size, int64_t batch) const {
+  if (batch < 1) throw Error("batch " + std::to_string(batch) + ": expected at least one image");
+  if (!images) throw Error("images: null pointer");
+  const int64_t per_image = int64_t(3) * height * width;
+  const bool too_large = batch > std::numeric_limits<int64_t>::max() / per_image;
+  if (too_large || size != size_t(batch * per_image))
+    throw Error("images hold " + std::to_string(size) + " values, a batch of " + std::to_string(batch) + " needs " +
+                std::to_string(batch) + " x 3 x " + std::to_string(height) + " x " + std::to_string(width) +
+                (too_large ? "" : " = " + std::to_string(batch * per_image)) +
+                "; pass the buffer's size and its number of images");
+}
+
+// The images and the mask are checked; `mask` is null for a plain graph.
+Outputs Model::Impl::run(const float* images, int64_t batch, const TaskMask* mask) const {
+  std::vector<detail::Feed> feeds;
+  feeds.push_back({images_input, images, {batch, 3, height, width}});
+  if (mask) feeds.push_back({*mask_input, mask->data(), {mask->batch(), mask->columns()}});
+  Outputs result;
+  result.tensors = backend->run(feeds);
+  result.names = outputs;
+  return result;
+}
+
+Outputs Model::run(const float* images, size_t size, int64_t batch) const {
+  impl_->check_images(images, size, batch);
+  if (!impl_->mask_input) return impl_->run(images, batch, nullptr);
+  TaskMask every(batch, int64_t(impl_->task_names.size()));  // no choice given: every task on every image
+  for (int64_t i = 0; i < batch; ++i)
+    for (int64_t c = 0; c < every.columns(); ++c) every.set(i, c);
+  return impl_->run(images, batch, &every);
+}
+
+Outputs Model::run(const float* images, size_t size, int64_t batch, const TaskMask& tasks) const {
+  impl_->require_task_select();
+  impl_->check_images(images, size, batch);
+  impl_->check_mask(tasks, batch);
+  return impl_->run(images, batch, &tasks);
+}
+
+Outputs Model::run(const float* images, size_t size, int64_t batch, const std::vector<std::string>& tasks) const {
+  impl_->require_task_select();
+  impl_->check_images(images, size, batch);
+  const TaskMask mask = task_mask(tasks, batch);
+  return impl_->run(images, batch, &mask);
 }
 
 Outputs Model::run(const std::vector<float>& images, int64_t batch) const {
   return run(images.data(), images.size(), batch);
 }
-
-Outputs Model::run(const float* images, size_t size, int64_t batch) const {
-  if (batch < 1) throw Error("batch " + std::to_string(batch) + ": expected at least one image");
-  if (!images) throw Error("images: null pointer");
-  const int64_t per_image = int64_t(3) * impl_->height * impl_->width;
-  const bool too_large = batch > std::numeric_limits<int64_t>::max() / per_image;
-  if (too_large || size != size_t(batch * per_image))
-    throw Error("images hold " + std::to_string(size) + " values, a batch of " + std::to_string(batch) + " needs " +
-                std::to_string(batch) + " x 3 x " + std::to_string(impl_->height) + " x " +
-                std::to_string(impl_->width) + (too_large ? "" : " = " + std::to_string(batch * per_image)) +
-                "; pass the buffer's size and its number of images");
-  Outputs result;
-  result.tensors = impl_->backend->run(images, {batch, 3, impl_->height, impl_->width});
-  result.names = impl_->outputs;
-  return result;
+Outputs Model::run(const std::vector<float>& images, int64_t batch, const std::vector<std::string>& tasks) const {
+  return run(images.data(), images.size(), batch, tasks);
+}
+Outputs Model::run(const std::vector<float>& images, int64_t batch, const TaskMask& tasks) const {
+  return run(images.data(), images.size(), batch, tasks);
+}
+Outputs Model::run(const Tensor& images) const {
+  return run(images.data.data(), images.data.size(), batch_of(images, impl_->height, impl_->width));
+}
+Outputs Model::run(const Tensor& images, const std::vector<std::string>& tasks) const {
+  return run(images.data.data(), images.data.size(), batch_of(images, impl_->height, impl_->width), tasks);
+}
+Outputs Model::run(const Tensor& images, const TaskMask& tasks) const {
+  return run(images.data.data(), images.data.size(), batch_of(images, impl_->height, impl_->width), tasks);
 }
 
 bool Model::runtime_available(Runtime runtime) {

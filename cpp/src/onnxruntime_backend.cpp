@@ -85,11 +85,17 @@ const char* element_type_name(ONNXTensorElementDataType type) {
   }
 }
 
-// An output's element type, or "not a tensor" for a sequence or map output.
-std::string value_type_name(const Ort::TypeInfo& type) {
-  if (type.GetONNXType() != ONNX_TYPE_TENSOR) return "not a tensor";
-  return element_type_name(type.GetTensorTypeAndShapeInfo().GetElementType());
+// A graph input or output: its name, element type ("not a tensor" for a sequence or map) and shape.
+ValueInfo value_info(const std::string& name, const Ort::TypeInfo& type) {
+  ValueInfo info{name, "not a tensor", {}};
+  if (type.GetONNXType() != ONNX_TYPE_TENSOR) return info;
+  auto tensor = type.GetTensorTypeAndShapeInfo();  // a view into `type`
+  info.type = element_type_name(tensor.GetElementType());
+  info.shape = tensor.GetShape();
+  return info;
 }
+
+static_assert(sizeof(bool) == 1, "ONNX Runtime's bool tensors are read as one byte per element");
 
 class OnnxRuntimeBackend : public Backend {
  public:
@@ -105,17 +111,11 @@ class OnnxRuntimeBackend : public Backend {
       memory_.emplace(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault));
       Ort::AllocatorWithDefaultOptions alloc;
       for (size_t i = 0; i < session_->GetInputCount(); ++i)
-        inputs_.push_back(session_->GetInputNameAllocated(i, alloc).get());
+        inputs_.push_back(value_info(session_->GetInputNameAllocated(i, alloc).get(), session_->GetInputTypeInfo(i)));
       for (size_t i = 0; i < session_->GetOutputCount(); ++i)
-        outputs_.push_back(session_->GetOutputNameAllocated(i, alloc).get());
-      for (const auto& n : outputs_) output_ptrs_.push_back(n.c_str());
-      for (size_t i = 0; i < outputs_.size(); ++i) output_types_.push_back(value_type_name(session_->GetOutputTypeInfo(i)));
-      if (!inputs_.empty()) {
-        Ort::TypeInfo type = session_->GetInputTypeInfo(0);  // owns what `info` views
-        auto info = type.GetTensorTypeAndShapeInfo();
-        float_input_ = info.GetElementType() == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-        shape_ = info.GetShape();
-      }
+        outputs_.push_back(value_info(session_->GetOutputNameAllocated(i, alloc).get(), session_->GetOutputTypeInfo(i)));
+      for (const auto& in : inputs_) input_names_.push_back(in.name.c_str());
+      for (const auto& out : outputs_) output_names_.push_back(out.name.c_str());
     } catch (const Ort::Exception& e) {
       throw Error(path + ": ONNX Runtime could not load it as an ONNX model (" + first_line(e.what()) +
                   "); expected a graph from subtune-compile");
@@ -123,30 +123,35 @@ class OnnxRuntimeBackend : public Backend {
   }
 
   std::string name() const override { return std::string("onnxruntime ") + OrtGetApiBase()->GetVersionString(); }
-  size_t input_count() const override { return inputs_.size(); }
-  std::string input_name() const override { return inputs_.empty() ? "" : inputs_[0]; }
-  bool input_is_float32() const override { return float_input_; }
-  std::vector<int64_t> input_shape() const override { return shape_; }
-  std::vector<std::string> output_names() const override { return outputs_; }
-  std::vector<std::string> output_types() const override { return output_types_; }
+  const std::vector<ValueInfo>& inputs() const override { return inputs_; }
+  const std::vector<ValueInfo>& outputs() const override { return outputs_; }
 
-  std::vector<Tensor> run(const float* images, const std::array<int64_t, 4>& shape) override {
-    size_t count = size_t(shape[0] * shape[1] * shape[2] * shape[3]);
+  std::vector<Tensor> run(const std::vector<Feed>& feeds) override {
     std::vector<Tensor> result;
+    const int64_t batch = feeds.empty() || feeds[0].shape.empty() ? 0 : feeds[0].shape[0];
     try {
-      // ONNX Runtime reads the caller's buffer in place; it does not write to inputs.
-      Ort::Value input = Ort::Value::CreateTensor<float>(*memory_, const_cast<float*>(images), count, shape.data(),
-                                                         shape.size());
-      const char* in_name = inputs_[0].c_str();
-      auto values = session_->Run(Ort::RunOptions{nullptr}, &in_name, &input, 1, output_ptrs_.data(),
-                                  output_ptrs_.size());
-      result.reserve(values.size());
-      for (size_t i = 0; i < values.size(); ++i) {
-        Ort::Value& v = values[i];
+      std::vector<const char*> names;
+      std::vector<Ort::Value> values;
+      for (const Feed& feed : feeds) {
+        size_t count = 1;
+        for (int64_t d : feed.shape) count *= size_t(d);
+        // ONNX Runtime reads the caller's buffers in place; it does not write to inputs. A bool
+        // element is one byte (0 or 1).
+        const bool is_bool = inputs_[feed.input].type == "bool";
+        values.push_back(Ort::Value::CreateTensor(
+            *memory_, const_cast<void*>(feed.data), count * (is_bool ? sizeof(bool) : sizeof(float)), feed.shape.data(),
+            feed.shape.size(), is_bool ? ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT));
+        names.push_back(input_names_[feed.input]);
+      }
+      auto out = session_->Run(Ort::RunOptions{nullptr}, names.data(), values.data(), values.size(),
+                               output_names_.data(), output_names_.size());
+      result.reserve(out.size());
+      for (size_t i = 0; i < out.size(); ++i) {
+        Ort::Value& v = out[i];
         auto info = v.GetTensorTypeAndShapeInfo();
         if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)  // checked at load; never read as float
-          throw Error(path_ + ": output " + outputs_[i] + " came back as " + element_type_name(info.GetElementType()) +
-                      ", expected float32");
+          throw Error(path_ + ": output " + outputs_[i].name + " came back as " +
+                      element_type_name(info.GetElementType()) + ", expected float32");
         Tensor t;
         t.shape = info.GetShape();
         const float* p = v.GetTensorData<float>();
@@ -154,7 +159,7 @@ class OnnxRuntimeBackend : public Backend {
         result.push_back(std::move(t));
       }
     } catch (const Ort::Exception& e) {
-      throw Error(path_ + ": ONNX Runtime failed to run a batch of " + std::to_string(shape[0]) + " (" +
+      throw Error(path_ + ": ONNX Runtime failed to run a batch of " + std::to_string(batch) + " (" +
                   first_line(e.what()) + ")");
     }
     return result;
@@ -164,10 +169,8 @@ class OnnxRuntimeBackend : public Backend {
   std::string path_;
   std::optional<Ort::Session> session_;
   std::optional<Ort::MemoryInfo> memory_;
-  std::vector<std::string> inputs_, outputs_, output_types_;
-  std::vector<const char*> output_ptrs_;
-  std::vector<int64_t> shape_;
-  bool float_input_ = false;
+  std::vector<ValueInfo> inputs_, outputs_;
+  std::vector<const char*> input_names_, output_names_;  // views of inputs_ and outputs_
 };
 
 }  // namespace

@@ -16,15 +16,8 @@ class OpenVinoBackend : public Backend {
   OpenVinoBackend(const std::string& path, int threads) : path_(path) {
     try {
       std::shared_ptr<ov::Model> model = core().read_model(path);
-      for (const auto& in : model->inputs()) inputs_.push_back(in.get_any_name());
-      for (const auto& out : model->outputs()) {
-        outputs_.push_back(out.get_any_name());
-        output_types_.push_back(type_name(out.get_element_type()));
-      }
-      if (!inputs_.empty()) {
-        float_input_ = model->input(0).get_element_type() == ov::element::f32;
-        for (const auto& d : model->input(0).get_partial_shape()) shape_.push_back(d.is_static() ? d.get_length() : -1);
-      }
+      for (const auto& in : model->inputs()) inputs_.push_back(value_info(in));
+      for (const auto& out : model->outputs()) outputs_.push_back(value_info(out));
       ov::AnyMap config{ov::hint::inference_precision(ov::element::f32)};
       if (threads > 0) config.emplace(ov::inference_num_threads(threads));
       compiled_ = core().compile_model(model, "CPU", config);
@@ -39,24 +32,25 @@ class OpenVinoBackend : public Backend {
     std::string build = ov::get_openvino_version().buildNumber;  // "2026.4.1-22982-<commit>-releases/..."
     return "openvino " + build.substr(0, build.find('-'));
   }
-  size_t input_count() const override { return inputs_.size(); }
-  std::string input_name() const override { return inputs_.empty() ? "" : inputs_[0]; }
-  bool input_is_float32() const override { return float_input_; }
-  std::vector<int64_t> input_shape() const override { return shape_; }
-  std::vector<std::string> output_names() const override { return outputs_; }
-  std::vector<std::string> output_types() const override { return output_types_; }
+  const std::vector<ValueInfo>& inputs() const override { return inputs_; }
+  const std::vector<ValueInfo>& outputs() const override { return outputs_; }
 
-  std::vector<Tensor> run(const float* images, const std::array<int64_t, 4>& shape) override {
+  std::vector<Tensor> run(const std::vector<Feed>& feeds) override {
     std::lock_guard<std::mutex> lock(mutex_);  // one infer request: one run at a time
     std::vector<Tensor> result;
+    const int64_t batch = feeds.empty() || feeds[0].shape.empty() ? 0 : feeds[0].shape[0];
     try {
-      ov::Shape s{size_t(shape[0]), size_t(shape[1]), size_t(shape[2]), size_t(shape[3])};
-      request_.set_input_tensor(ov::Tensor(ov::element::f32, s, const_cast<float*>(images)));  // read in place
+      for (const Feed& feed : feeds) {
+        ov::Shape shape(feed.shape.begin(), feed.shape.end());
+        // Read in place. OpenVINO's boolean element is one byte (0 or 1), as the feed's.
+        const ov::element::Type type = inputs_[feed.input].type == "bool" ? ov::element::boolean : ov::element::f32;
+        request_.set_input_tensor(feed.input, ov::Tensor(type, shape, const_cast<void*>(feed.data)));
+      }
       request_.infer();
       for (size_t i = 0; i < outputs_.size(); ++i) {
         ov::Tensor out = request_.get_output_tensor(i);
         if (out.get_element_type() != ov::element::f32)  // checked at load; never read as float
-          throw Error(path_ + ": output " + outputs_[i] + " came back as " + type_name(out.get_element_type()) +
+          throw Error(path_ + ": output " + outputs_[i].name + " came back as " + type_name(out.get_element_type()) +
                       ", expected float32");
         Tensor t;
         for (size_t d : out.get_shape()) t.shape.push_back(int64_t(d));
@@ -65,7 +59,7 @@ class OpenVinoBackend : public Backend {
         result.push_back(std::move(t));
       }
     } catch (const std::exception& e) {
-      throw Error(path_ + ": OpenVINO failed to run a batch of " + std::to_string(shape[0]) + " (" +
+      throw Error(path_ + ": OpenVINO failed to run a batch of " + std::to_string(batch) + " (" +
                   first_line(e.what()) + ")");
     }
     return result;
@@ -84,6 +78,12 @@ class OpenVinoBackend : public Backend {
       if (t == type) return name;
     return type.get_type_name();
   }
+  template <typename Port>
+  static ValueInfo value_info(const Port& port) {
+    ValueInfo info{port.get_any_name(), type_name(port.get_element_type()), {}};
+    for (const auto& d : port.get_partial_shape()) info.shape.push_back(d.is_static() ? d.get_length() : -1);
+    return info;
+  }
   static ov::Core& core() {
     static ov::Core instance;
     return instance;
@@ -92,9 +92,7 @@ class OpenVinoBackend : public Backend {
   std::mutex mutex_;
   ov::CompiledModel compiled_;
   ov::InferRequest request_;
-  std::vector<std::string> inputs_, outputs_, output_types_;
-  std::vector<int64_t> shape_;
-  bool float_input_ = false;
+  std::vector<ValueInfo> inputs_, outputs_;
 };
 
 }  // namespace

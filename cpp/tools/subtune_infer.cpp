@@ -2,11 +2,13 @@
 // time it (--bench) with subtune-bench's protocol.
 //
 //   subtune-infer MODEL.onnx [--image FILE.ppm|.png ...] [--batch N] [--threads N] [--top K]
-//                 [--json OUT.json] [--seed S] [--runtime onnxruntime|openvino]
+//                 [--json OUT.json] [--seed S] [--runtime onnxruntime|openvino] [--tasks A,B]
 //   subtune-infer MODEL.onnx --bench [--batch N] [--threads N] [--warmup W] [--iters I] [--repeats R]
-//                 [--json OUT.json]
+//                 [--json OUT.json] [--tasks A,B]
 //
 // Without --image the batch is seeded random input (N(0, 1), the graph's size): a smoke test.
+// --tasks (a graph compiled with --task-select): every image computes the base and only these
+// tasks, and only they are printed (and written to --json).
 // Errors: one line on stderr, exit status 1, and no output file.
 #include <algorithm>
 #include <chrono>
@@ -19,6 +21,7 @@
 #include <iomanip>
 #include <iostream>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -35,13 +38,15 @@ using subtune::Error;
 
 const char* kUsage =
     "usage: subtune-infer MODEL.onnx [--image FILE.ppm|.png ...] [--batch N] [--threads N] [--top K]\n"
-    "                     [--json OUT.json] [--seed S] [--runtime onnxruntime|openvino]\n"
+    "                     [--json OUT.json] [--seed S] [--runtime onnxruntime|openvino] [--tasks A,B]\n"
     "       subtune-infer MODEL.onnx --bench [--batch N] [--threads N] [--warmup W] [--iters I] [--repeats R]\n"
-    "                     [--json OUT.json]\n"
+    "                     [--json OUT.json] [--tasks A,B]\n"
     "Runs a graph compiled by subtune-compile with ONNX Runtime (or OpenVINO, where built) and prints each\n"
     "task's top classes by name (scores are logits).\n"
     "Images are resized and normalised as the graph's metadata (subtune.preprocess) says; without --image\n"
-    "the batch is seeded random input. --bench: warm-up, then the median of per-repeat medians (ms).\n";
+    "the batch is seeded random input. --bench: warm-up, then the median of per-repeat medians (ms).\n"
+    "--tasks A,B (a graph compiled with --task-select): compute the base and only these tasks for every\n"
+    "image, and print only them.\n";
 
 struct Args {
   std::string model;
@@ -54,7 +59,23 @@ struct Args {
   long warmup = 10, iters = 30, repeats = 5;  // subtune-bench's defaults
   std::string json;
   subtune::Runtime runtime = subtune::Runtime::onnxruntime;
+  std::optional<std::vector<std::string>> tasks;  // --tasks: none given means every task
 };
+
+// "a,b" -> {"a", "b"}; an empty list or an empty name is refused.
+std::vector<std::string> parse_tasks(const std::string& text) {
+  if (text.empty()) throw Error("--tasks needs task names separated by commas, e.g. --tasks coarse4,fashion10");
+  std::vector<std::string> names;
+  size_t start = 0;
+  while (true) {
+    size_t comma = text.find(',', start);
+    names.push_back(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (names.back().empty())
+      throw Error("--tasks " + text + ": expected task names separated by commas, e.g. --tasks coarse4,fashion10");
+    if (comma == std::string::npos) return names;
+    start = comma + 1;
+  }
+}
 
 long parse_int(const std::string& flag, const std::string& text, long min) {
   char* end = nullptr;
@@ -104,6 +125,8 @@ Args parse(int argc, char** argv) {
       if (r == "onnxruntime") a.runtime = subtune::Runtime::onnxruntime;
       else if (r == "openvino") a.runtime = subtune::Runtime::openvino;
       else throw Error("--runtime " + r + ": expected onnxruntime or openvino");
+    } else if (s == "--tasks") {
+      a.tasks = parse_tasks(value(i));
     } else if (s == "--bench") {
       a.bench = true;
     } else if (s == "--json") {
@@ -190,9 +213,37 @@ std::string label(const subtune::Model& model, const std::string& output, int in
   return index < int(classes.size()) ? classes[index] : "#" + std::to_string(index);
 }
 
+// The mask for --tasks (checked before any work: unknown names, a graph without task selection).
+std::optional<subtune::TaskMask> task_mask(const Args& a, const subtune::Model& model, long batch) {
+  if (!a.tasks) return std::nullopt;
+  return model.task_mask(*a.tasks, batch);
+}
+
+// The tasks computed: those of --tasks in the graph's order, else all.
+std::vector<std::string> computed_tasks(const Args& a, const subtune::Model& model) {
+  std::vector<std::string> names;
+  for (const auto& t : model.tasks())
+    if (!a.tasks || std::find(a.tasks->begin(), a.tasks->end(), t.name) != a.tasks->end()) names.push_back(t.name);
+  return names;
+}
+
+std::string json_names(const std::vector<std::string>& names) {
+  std::string s = "[";
+  for (size_t i = 0; i < names.size(); ++i) s += (i ? ", " : "") + quote(names[i]);
+  return s + "]";
+}
+
+std::string comma_list(const std::vector<std::string>& names) {
+  std::string s;
+  for (size_t i = 0; i < names.size(); ++i) s += (i ? "," : "") + names[i];
+  return s;
+}
+
 int infer(const Args& a, const subtune::Model& model) {
   long batch = a.images.empty() ? (a.batch == -1 ? 1 : a.batch) : long(a.images.size());
   size_t per_image = size_t(3) * model.input_height() * model.input_width();
+  const std::optional<subtune::TaskMask> mask = task_mask(a, model, batch);
+  const std::vector<std::string> tasks = computed_tasks(a, model);
   std::vector<float> x;
   if (a.images.empty()) {
     std::cerr << "note: no --image: running a seeded random batch of " << batch << " (seed " << a.seed << ")\n";
@@ -205,18 +256,23 @@ int infer(const Args& a, const subtune::Model& model) {
     x.resize(per_image * batch);
     for (long i = 0; i < batch; ++i) subtune::load_preprocessed(a.images[i], *pre, x.data() + i * per_image);
   }
-  subtune::Outputs out = model.run(x, batch);
+  subtune::Outputs out = mask ? model.run(x, batch, *mask) : model.run(x, batch);
 
+  // The base and the tasks computed (a task not asked for holds NaN: not shown).
+  std::vector<size_t> shown;
+  for (size_t o = 0; o < out.size(); ++o)
+    if (!model.task(out.names[o]) || std::find(tasks.begin(), tasks.end(), out.names[o]) != tasks.end())
+      shown.push_back(o);
   size_t width = 0;
-  for (const auto& n : out.names) width = std::max(width, n.size());
+  for (size_t o : shown) width = std::max(width, out.names[o].size());
   std::ostringstream js;
   js << "{\"model\": " << quote(model.path()) << ", \"runtime\": " << quote(model.runtime())
-     << ", \"batch\": " << batch << ", \"images\": [";
+     << ", \"batch\": " << batch << ", \"tasks\": " << json_names(tasks) << ", \"images\": [";
   for (long i = 0; i < batch; ++i) {
     std::string src = a.images.empty() ? "random[" + std::to_string(i) + "]" : a.images[i];
     std::cout << (a.images.empty() ? "input " : "image ") << src << "\n";
     js << (i ? ", " : "") << "{\"source\": " << quote(src) << ", \"outputs\": {";
-    for (size_t o = 0; o < out.size(); ++o) {
+    for (size_t o : shown) {
       const auto& name = out.names[o];
       const subtune::Tensor& t = out.tensors[o];
       auto best = subtune::top_k(t.row(i), int(t.cols()), int(a.top));
@@ -224,7 +280,7 @@ int infer(const Args& a, const subtune::Model& model) {
       for (const auto& [idx, v] : best) std::cout << "  " << label(model, name, idx) << " " << std::fixed
                                                   << std::setprecision(3) << v;
       std::cout << "\n";
-      js << (o ? ", " : "") << quote(name) << ": {\"top\": [";
+      js << (o != shown.front() ? ", " : "") << quote(name) << ": {\"top\": [";
       for (size_t b = 0; b < best.size(); ++b)
         js << (b ? ", " : "") << "{\"index\": " << best[b].first << ", \"class\": "
            << quote(label(model, name, best[b].first)) << ", \"score\": " << num(best[b].second) << "}";
@@ -254,14 +310,16 @@ double percentile(const std::vector<double>& sorted, double q) {  // NumPy's lin
 
 int bench(const Args& a, const subtune::Model& model) {
   long batch = a.batch == -1 ? 1 : a.batch;
+  const std::optional<subtune::TaskMask> mask = task_mask(a, model, batch);
   std::vector<float> x = random_batch(model, batch, a.seed);
-  for (long i = 0; i < a.warmup; ++i) model.run(x, batch);
+  auto run = [&] { return mask ? model.run(x, batch, *mask) : model.run(x, batch); };
+  for (long i = 0; i < a.warmup; ++i) run();
   std::vector<std::vector<double>> samples(a.repeats);
   for (long r = 0; r < a.repeats; ++r) {
     samples[r].resize(a.iters);
     for (long i = 0; i < a.iters; ++i) {
       auto start = std::chrono::steady_clock::now();
-      model.run(x, batch);
+      run();
       samples[r][i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     }
   }
@@ -278,14 +336,16 @@ int bench(const Args& a, const subtune::Model& model) {
   double p90 = percentile(pooled, 90), p99 = percentile(pooled, 99);
   std::cout << "subtune-infer --bench " << model.path() << " (" << model.runtime()
             << ", threads " << (a.threads ? std::to_string(a.threads) : std::string("default")) << ", warmup "
-            << a.warmup << ", " << a.repeats << " x " << a.iters << " calls)\n"
+            << a.warmup << ", " << a.repeats << " x " << a.iters << " calls"
+            << (a.tasks ? ", tasks " + comma_list(computed_tasks(a, model)) : std::string()) << ")\n"
             << std::fixed << std::setprecision(3) << "batch " << batch << ": median " << med << " ms  mean " << mean
             << "  p90 " << p90 << "  p99 " << p99 << "  min " << pooled.front() << "  spread "
             << std::setprecision(1) << spread * 100 << "%" << (spread > 0.05 ? " (noisy)" : "") << "\n";
   if (!a.json.empty()) {
     std::ostringstream js;
     js << "{\"model\": " << quote(model.path()) << ", \"runtime\": " << quote(model.runtime())
-       << ", \"threads\": " << a.threads << ", \"protocol\": {\"warmup\": "
+       << ", \"threads\": " << a.threads << ", \"tasks\": " << json_names(computed_tasks(a, model))
+       << ", \"protocol\": {\"warmup\": "
        << a.warmup << ", \"iters\": " << a.iters << ", \"repeats\": " << a.repeats << "}, \"batch\": " << batch
        << ", \"median_ms\": " << num(med) << ", \"mean_ms\": " << num(mean) << ", \"p90_ms\": " << num(p90)
        << ", \"p99_ms\": " << num(p99) << ", \"min_ms\": " << num(pooled.front()) << ", \"spread\": " << num(spread)

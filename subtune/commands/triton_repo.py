@@ -60,6 +60,14 @@ def run(args: argparse.Namespace) -> int:
     if repo.ensemble:
         print(f"clients send encoded images to {repo.ensemble} (input image_bytes, BYTES [batch, 1]); "
               f"tensors to {repo.graph_model} (input images)")
+    if repo.task_select:
+        mask, k = repo.task_select["input"], len(repo.task_select["columns"])
+        columns = ", ".join(repo.task_select["columns"])
+        print(f"task selection: a request computes the tasks whose outputs it names (none named: every task); input "
+              f"{mask} (BOOL [batch, {k}], one column per task: {columns}; optional) chooses per image"
+              if repo.backend == "python" else
+              f"task selection: every client sends input {mask} (BOOL [batch, {k}], one column per task: {columns}): "
+              f"which images compute which task (NaN elsewhere); the {repo.backend} backend feeds it to the graph")
     if repo.backend == "python":
         print(f"serve it here: subtune serve {repo.path}; later graphs go live with "
               f"subtune rollout {repo.path} NEW.onnx (versions {repo.version + 1}, {repo.version + 2}, ...)")

@@ -9,8 +9,11 @@
                  Python environment are (scripts/install_serve_env.sh makes them)
     server       start a real tritonserver on 127.0.0.1 (explicit model control), wait for
                  readiness, stop it by PID
-    models/      the python-backend model.py files copied into repositories (they run inside
-                 Triton's backend stub, in the serve environment, and never import subtune)
+    models/      the python-backend model.py files copied into repositories: the graph model
+                 (for a --task-select graph it builds each request's task mask from the outputs
+                 the request names), the image preprocessing, a task-select graph's image
+                 ensemble; they run inside Triton's backend stub, in the serve environment, and
+                 never import subtune
   changing what a running server serves (`subtune rollout`, docs/rollout.md):
     versions     a graph model's versions in a repository: the one served, the ones served
                  before, the configuration for another version, undoable edits

@@ -3,18 +3,24 @@
 Before anything reaches a server, the new graph is held against the version being served:
 
 1. the same base (`subtune.base_fingerprint`, `subtune.arch`) and the same inputs (names, types,
-   dims): a rollout changes tasks, never what every task stands on or what clients send;
+   dims): a rollout changes tasks, never what every task stands on or what clients send. A
+   --task-select graph's mask input is not compared where the served model builds it from the
+   outputs a request names (the python backend): clients send images alone to either kind;
 2. both graphs run (ONNX Runtime, one thread) on the same fixed check images, once alone
-   (batch 1) and once all together, and every output present in both is compared by the
-   compiler's measure, max |new - served| / max |served|:
+   (batch 1) and once all together, a task-select graph with every task asked for, and every
+   output present in both is compared by the compiler's measure, max |new - served| / max |served|:
    - `base` and every task in both versions must agree: **bit-identical** when the shared layers
      run the same batch layout in both graphs (the multiset of the tasks' last tuned blocks,
      which fixes where task streams merge into the shared stream and how big its batch is after
-     each block: `compiler/schedule.py`), otherwise within the compile tolerance (the tolerance
-     the new graph was verified with, `subtune.verification`; 1e-4 when it records none);
+     each block: `compiler/schedule.py`; a graph that gathers each task's rows and one that does
+     not never count as the same), otherwise within the compile tolerance (the tolerance the new
+     graph was verified with, `subtune.verification`; 1e-4 when it records none);
    - a task named in `replace` (retrained) must differ, and is listed with how far it moved and
      how often its top-1 class stayed the same;
-3. tasks only in the new graph are listed as added, tasks only in the served one as removed.
+3. tasks only in the new graph are listed as added, tasks only in the served one as removed;
+4. a new task-select graph keeps its own promise on the check images: its base bit-identical
+   under the masks none and one task per image to its base with every task, NaN exactly where a
+   task was not asked for, selected rows within the tolerance.
 
 A violation is a `SubtuneError` of one line that names what differs. A rollback (serving an
 earlier version again) lists tasks that differ as replaced without asking for them by name.
@@ -68,6 +74,9 @@ class Comparison:
     same_layout: bool  # the shared layers run the same batch layout: unchanged outputs must be bit-identical
     outputs: list[OutputChange] = field(default_factory=list)
     new_outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # the new graph on the check images
+    # --task-select: whether each version chooses tasks per image, and (new graph) the masks its
+    # base was checked bit-identical under and the largest difference of selected rows
+    task_select: dict | None = None
 
     def named(self, status: str) -> list[str]:
         return [o.name for o in self.outputs if o.status == status]
@@ -79,13 +88,17 @@ class Comparison:
     def to_json(self) -> dict:
         return {"served_version": self.served_version, "new": self.new, "check_images": self.images,
                 "image_source": self.image_source, "batches": self.batches, "tolerance": self.tolerance,
-                "same_layout": self.same_layout, "outputs": [o.to_json() for o in self.outputs],
+                "same_layout": self.same_layout, "task_select": self.task_select,
+                "outputs": [o.to_json() for o in self.outputs],
                 "added": self.named("added"), "removed": self.named("removed"), "replaced": self.named("replaced")}
 
     def lines(self) -> list[str]:
         """The comparison as a reader wants it: one line per output."""
+        kinds_differ = bool(self.task_select) and self.task_select["served"] != self.task_select["new"]
         expect = ("bit-identical expected (the shared layers run the same batch layout)" if self.same_layout else
-                  f"within {self.tolerance:.0e} expected (the shared layers' batch layout changed)")
+                  f"within {self.tolerance:.0e} expected (" + ("one version gathers each task's rows, the other does not"
+                                                               if kinds_differ else
+                                                               "the shared layers' batch layout changed") + ")")
         out = [f"checked on {self.images} check images ({self.image_source}), batches "
                f"{' and '.join(map(str, self.batches))}: outputs in both versions {expect}"]
         width = max(len(o.name) for o in self.outputs)
@@ -101,6 +114,16 @@ class Comparison:
             else:
                 how = o.detail
             out.append(f"  {o.name:<{width}}  {o.status:<8}  {how}".rstrip())
+        ts = self.task_select
+        if ts:
+            kind = {(False, True): "the new version chooses tasks per image (the served one computes every task)",
+                    (True, False): "the new version computes every task for every image (the served one chooses per "
+                                   "image); clients that send a tasks input get Triton's error for an unknown input",
+                    (True, True): "both versions choose tasks per image"}[(ts["served"], ts["new"])]
+            out.append(f"task selection: {kind}")
+            if ts["new"]:
+                out.append(f"  its base bit-identical under the masks {', '.join(ts['masks'])}; selected rows within "
+                           f"{ts['selected_max_difference']:.1e} of every task on every image")
         return out
 
 
@@ -122,8 +145,12 @@ def shared_layout(graph: GraphInfo) -> list[int]:
                   if t.get("kind", "delta") == "delta" and t.get("blocks"))
 
 
-def check_same_base_and_inputs(served: GraphInfo, new: GraphInfo, served_label: str, new_label: str) -> None:
-    """Refuse (one line) a graph on another base or with other inputs."""
+def check_same_base_and_inputs(served: GraphInfo, new: GraphInfo, served_label: str, new_label: str, *,
+                               mask_from_outputs: bool = True) -> None:
+    """Refuse (one line) a graph on another base or with other inputs. `mask_from_outputs` (the
+    python backend): the served model builds a --task-select graph's mask from the outputs a
+    request names, so clients send the images alone to either kind of graph, and only the images
+    input must match; otherwise (Triton's onnxruntime backend) every input must."""
     for key, what in (("subtune.base_fingerprint", "base"), ("subtune.arch", "architecture")):
         a, b = served.metadata.get(key), new.metadata.get(key)
         if a is None or b is None:
@@ -134,10 +161,18 @@ def check_same_base_and_inputs(served: GraphInfo, new: GraphInfo, served_label: 
             raise SubtuneError(f"{new_label} was compiled on another {what} ({key} {shown[1]}) than {served_label} "
                                f"({shown[0]}): a rollout changes tasks on the same base; serve another base as a "
                                "model of its own (subtune triton-repo)")
-    want = [(t.name, t.dtype, t.dims) for t in served.inputs]
-    got = [(t.name, t.dtype, t.dims) for t in new.inputs]
+    compared = (lambda g: [g.image_input]) if mask_from_outputs else (lambda g: g.inputs)  # noqa: E731
+    want = [(t.name, t.dtype, t.dims) for t in compared(served)]
+    got = [(t.name, t.dtype, t.dims) for t in compared(new)]
     if want != got:
         fmt = lambda ts: ", ".join(f"{n} {d} {dims}" for n, d, dims in ts)  # noqa: E731
+        if [served.image_input.name, served.image_input.dims] == [new.image_input.name, new.image_input.dims]:
+            with_mask = new_label if new.task_select else served_label
+            raise SubtuneError(f"{with_mask} takes a task mask ({(new.mask_input or served.mask_input).name}) that "
+                               f"{new_label if with_mask == served_label else served_label} does not, and Triton's "
+                               "onnxruntime backend feeds the graph what clients send, so every client would have to "
+                               "change; serve the graphs with the python backend (subtune triton-repo --backend "
+                               "python), whose model builds the mask from the outputs a request names")
         raise SubtuneError(f"{new_label} takes inputs {fmt(got)}, {served_label} takes {fmt(want)}: clients send "
                            "the same inputs to every version; compile the new graph for the served input")
 
@@ -149,7 +184,7 @@ def check_images(graph: GraphInfo, count: int = DEFAULT_CHECK_IMAGES, data: str 
     same preprocessing (random normal tensors when the graph records none)."""
     if count < 1:
         raise SubtuneError(f"--check-images {count}: expected 1 or more")
-    image = graph.inputs[0]
+    image = graph.image_input
     dims = list(image.dims)
     size = graph.metadata.get("subtune.input_size")
     if len(dims) == 3 and (dims[1] < 1 or dims[2] < 1) and isinstance(size, list) and len(size) == 2:
@@ -185,9 +220,11 @@ def _preprocessing(graph: GraphInfo) -> dict | None:
     return first if isinstance(first, dict) and "mean" in first and "std" in first else None
 
 
-def run_graph(graph: GraphInfo, images: np.ndarray, batches: list[int]) -> list[dict[str, np.ndarray]]:
+def run_graph(graph: GraphInfo, images: np.ndarray, batches: list[int],
+              masks: list[np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
     """The graph's every output on `images` at each batch size in `batches` (the first `b` images),
-    ONNX Runtime on one thread, as the server runs it (all graph optimisations)."""
+    ONNX Runtime on one thread, as the server runs it (all graph optimisations). A --task-select
+    graph gets `masks[i]` for batch i (default: every task on every image)."""
     from subtune.runtimes.onnxruntime import make_session
 
     try:
@@ -195,16 +232,55 @@ def run_graph(graph: GraphInfo, images: np.ndarray, batches: list[int]) -> list[
     except SubtuneError as e:
         raise SubtuneError(f"ONNX Runtime cannot load {graph.onnx_path}: {str(e).splitlines()[0]}") from None
     names = [o.name for o in session.get_outputs()]
-    feed = session.get_inputs()[0].name
+    feed, mask = graph.image_input.name, graph.mask_input
     runs = []
-    for b in batches:
+    for i, b in enumerate(batches):
+        feeds = {feed: images[:b]}
+        if mask is not None:
+            feeds[mask.name] = masks[i] if masks is not None else np.ones((b, len(graph.task_select["columns"])), bool)
         try:
-            values = session.run(names, {feed: images[:b]})
+            values = session.run(names, feeds)
         except Exception as e:  # noqa: BLE001 - any runtime failure refuses the graph
             raise SubtuneError(f"ONNX Runtime cannot run {graph.onnx_path} on {b} check image(s): "
                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         runs.append(dict(zip(names, values)))
     return runs
+
+
+def task_masks(batch: int, k: int) -> dict[str, np.ndarray]:
+    """The masks a task-select graph is checked under besides every task: no task, and one task per
+    image (image i asks for task i mod k)."""
+    one = np.zeros((batch, k), dtype=bool)
+    one[np.arange(batch), np.arange(batch) % k] = True
+    return {"none": np.zeros((batch, k), dtype=bool), "one task per image": one}
+
+
+def check_task_selection(graph: GraphInfo, label: str, images: np.ndarray, all_tasks: dict[str, np.ndarray],
+                         tolerance: float) -> tuple[list[str], float]:
+    """A --task-select graph keeps its promise on the check images: under each of `task_masks` its
+    base is bit-identical to its base with every task asked (`all_tasks`, the same images), a task
+    holds NaN exactly where its column is false, and its selected rows agree with `all_tasks`
+    within `tolerance`. Returns the masks checked and the largest difference in selected rows."""
+    columns = list(graph.task_select["columns"])
+    masks = task_masks(len(images), len(columns))
+    runs = run_graph(graph, images, [len(images)] * len(masks), list(masks.values()))
+    worst = 0.0
+    for (mask_name, mask), run in zip(masks.items(), runs):
+        if not np.array_equal(run["base"], all_tasks["base"]):
+            raise SubtuneError(f"the base output of {label} changes with the task mask (every task vs {mask_name}): "
+                               "a task-select graph's base must not depend on it; compile the graph again")
+        for column, task in enumerate(columns):
+            got, want, rows = run[task], all_tasks[task], mask[:, column]
+            if not np.isnan(got[~rows]).all() or np.isnan(got[rows]).any():
+                raise SubtuneError(f"task {task} of {label} under the mask '{mask_name}' does not hold NaN exactly in "
+                                   "the images that did not ask for it; compile the graph again")
+            if rows.any():
+                scale = float(np.abs(want[rows]).max()) or 1.0
+                worst = max(worst, float(np.abs(got[rows].astype(np.float64) - want[rows]).max()) / scale)
+    if worst > tolerance:
+        raise SubtuneError(f"{label} answers a task differently when fewer images ask for it (max difference "
+                           f"{worst:.1e} > {tolerance:.0e} against every task on every image); compile the graph again")
+    return ["every task", *masks], worst
 
 
 def _difference(served: list[dict], new: list[dict], name: str) -> tuple[float, bool]:
@@ -227,10 +303,11 @@ def _describe(task: dict) -> str:
 
 
 def compare(served: GraphInfo, new: GraphInfo, images: CheckImages, *, served_version: int, new_label: str,
-            replace: list[str] | tuple[str, ...] = (), rollback: bool = False) -> Comparison:
+            replace: list[str] | tuple[str, ...] = (), rollback: bool = False,
+            mask_from_outputs: bool = True) -> Comparison:
     """Hold `new` against `served` (the version being served) as the module docstring says."""
     served_label = f"the served version {served_version}"
-    check_same_base_and_inputs(served, new, served_label, new_label)
+    check_same_base_and_inputs(served, new, served_label, new_label, mask_from_outputs=mask_from_outputs)
     old_tasks, new_tasks = _tasks(served), _tasks(new)
     common = [t for t in new_tasks if t in old_tasks]
     unknown = [t for t in replace if t not in common]
@@ -238,7 +315,8 @@ def compare(served: GraphInfo, new: GraphInfo, images: CheckImages, *, served_ve
         raise SubtuneError(f"--replace {','.join(unknown)}: a replaced task is in both versions; the served version "
                            f"has {', '.join(old_tasks) or 'no tasks'}, {new_label} has {', '.join(new_tasks) or 'no tasks'}")
     tolerance = tolerance_of(new)
-    same_layout = shared_layout(served) == shared_layout(new)
+    # a graph that gathers each task's rows and one that does not are not the same layout
+    same_layout = shared_layout(served) == shared_layout(new) and bool(served.task_select) == bool(new.task_select)
     batches = sorted({1, len(images)})
     old_runs = run_graph(served, images.images, batches)
     new_runs = run_graph(new, images.images, batches)
@@ -261,6 +339,11 @@ def compare(served: GraphInfo, new: GraphInfo, images: CheckImages, *, served_ve
                            f"served| / max |served| on {len(images)} check images; expected {expectation}); the "
                            "base must answer as before: compile the new graph from the same base file")
     result.outputs.append(OutputChange("base", "same", diff, identical))
+    if served.task_select or new.task_select:
+        result.task_select = {"served": bool(served.task_select), "new": bool(new.task_select)}
+        if new.task_select:
+            masks, worst = check_task_selection(new, new_label, images.images, new_runs[-1], tolerance)
+            result.task_select.update(masks=masks, selected_max_difference=worst)
     for name in new_names:
         if name == "base":
             continue

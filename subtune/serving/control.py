@@ -179,12 +179,20 @@ class ServerControl:
         config = self.config(name)
         outputs = [o["name"] for o in config.get("output", [])]
         feed = config["input"][0]["name"]
+        # a task-select graph's mask, where clients must send it (Triton's onnxruntime backend): every
+        # task on every image; the python backend's model builds it from the outputs asked for
+        masks = [i for i in config["input"][1:] if i.get("data_type") == "TYPE_BOOL" and not i.get("optional")]
         for start in range(0, len(images), max_batch):
             chunk = np.ascontiguousarray(images[start:start + max_batch])
             inp = http.InferInput(feed, list(chunk.shape), "FP32")
             inp.set_data_from_numpy(chunk, binary_data=True)
+            inputs = [inp]
+            for m in masks:
+                mask = np.ones((len(chunk), *(int(d) for d in m["dims"])), dtype=bool)
+                inputs.append(http.InferInput(m["name"], list(mask.shape), "BOOL"))
+                inputs[-1].set_data_from_numpy(mask, binary_data=True)
             asked = [http.InferRequestedOutput(o, binary_data=True) for o in outputs]
-            result = self._call(f"inference on {name} version {version}", self._client.infer, name, [inp],
+            result = self._call(f"inference on {name} version {version}", self._client.infer, name, inputs,
                                 model_version=str(version), outputs=asked)
             answered = result.get_response().get("model_version")
             if str(answered) != str(version):

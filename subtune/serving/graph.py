@@ -34,6 +34,30 @@ class GraphInfo:
         return self.path.suffix in ENGINE_SUFFIXES
 
     @property
+    def task_select(self) -> dict | None:
+        """`subtune.task_select` of a graph compiled with --task-select (its mask input's name,
+        dtype, columns and fill), None for a plain graph."""
+        spec = self.metadata.get("subtune.task_select")
+        return spec if isinstance(spec, dict) else None
+
+    @property
+    def mask_input(self) -> Tensor | None:
+        """The input choosing tasks per image (a --task-select graph), None for a plain graph."""
+        spec = self.task_select
+        return next((t for t in self.inputs if t.name == spec["input"]), None) if spec else None
+
+    @property
+    def image_input(self) -> Tensor:
+        """The images input: the one input that is not the task mask."""
+        mask = self.mask_input
+        images = [t for t in self.inputs if mask is None or t.name != mask.name]
+        if len(images) != 1:
+            expected = "images" + (f" and {mask.name}" if mask is not None else "")
+            raise SubtuneError(f"{self.onnx_path}: expected the inputs {expected}, found "
+                               f"{', '.join(t.name for t in self.inputs)}; compile it again with subtune-compile")
+        return images[0]
+
+    @property
     def tasks(self) -> list[dict]:
         tasks = self.metadata.get("subtune.tasks")
         return tasks if isinstance(tasks, list) else []
@@ -112,7 +136,24 @@ def read_graph(path: str | Path) -> GraphInfo:
         if Path(name).is_absolute() or ".." in Path(name).parts or not (onnx_path.parent / name).is_file():
             raise SubtuneError(f"{onnx_path}: its weights file {name!r} is not beside it; keep the .onnx and its "
                                ".data file together")
-    return GraphInfo(path, onnx_path, inputs, outputs, meta, external)
+    info = GraphInfo(path, onnx_path, inputs, outputs, meta, external)
+    _check_task_select(info)
+    return info
+
+
+def _check_task_select(graph: GraphInfo) -> None:
+    """A --task-select graph's mask input is what its metadata says: bool [batch, k], one column per
+    task output, in output order."""
+    spec = graph.task_select
+    if spec is None:
+        return
+    mask = graph.mask_input
+    tasks = [t.name for t in graph.outputs if t.name != "base"]
+    if mask is None or mask.dtype != "BOOL" or mask.dims not in ([len(tasks)], [-1]) or list(spec["columns"]) != tasks:
+        found = f"input {mask.name} {mask.dtype} {mask.dims}" if mask is not None else f"no input {spec['input']!r}"
+        raise SubtuneError(f"{graph.onnx_path}: its metadata says input {spec['input']!r} (bool, one column per task: "
+                           f"{', '.join(spec['columns'])}) chooses tasks, found {found} and task outputs "
+                           f"{', '.join(tasks)}; compile it again with subtune-compile --task-select")
 
 
 def _initializers(graph):

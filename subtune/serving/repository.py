@@ -12,7 +12,10 @@
     with --preprocess:
     REPO/NAME_preprocess/             python backend: encoded image bytes -> `images`
     REPO/NAME_ensemble/               ensemble: image bytes -> preprocess -> NAME -> outputs; its
-                                      outputs and label files are those of the version served
+                                      outputs and label files are those of the version served.
+                                      For a --task-select graph a python model chaining the two
+                                      (1/model.py): it asks NAME for the outputs the client named,
+                                      which Triton's ensemble platform cannot
 
 `subtune rollout` (serving/rollout.py) adds versions 2, 3, ... beside the first and switches the
 configuration between them while the server runs.
@@ -41,6 +44,9 @@ IMAGE_BYTES = "image_bytes"
 FIRST_VERSION = 1
 HISTORY_PARAMETER = "served_versions"  # JSON list of the versions served, in order, the current one last
 GRAPH_FILE_PARAMETER = "graph_file"  # python backend: the graph's file name inside the version folder
+# a --task-select graph's image ensemble (a python model): the two models it chains
+ENSEMBLE_GRAPH_PARAMETER = "graph_model"
+ENSEMBLE_PREPROCESS_PARAMETER = "preprocess_model"
 
 
 @dataclass
@@ -96,11 +102,12 @@ class Repository:
     outputs: list[str]
     labels: dict[str, str] = field(default_factory=dict)  # output -> label file (relative to the graph's model folder)
     version: int = FIRST_VERSION  # the version the configuration serves
+    task_select: dict | None = None  # a --task-select graph's subtune.task_select (mask input, columns)
 
     def describe(self) -> dict:
         return {"repository": str(self.path), "models": self.models, "graph_model": self.graph_model,
                 "ensemble": self.ensemble, "backend": self.backend, "outputs": self.outputs, "labels": self.labels,
-                "version": self.version}
+                "version": self.version, "task_select": self.task_select}
 
 
 def _preferred_sizes(max_batch: int) -> list[int]:
@@ -136,11 +143,23 @@ def metadata_parameters(graph: GraphInfo) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in sorted(graph.metadata.items())}
 
 
+def graph_inputs(graph: GraphInfo, backend: str) -> list[dict]:
+    """The graph's inputs as config entries: `images`, and for a --task-select graph its mask
+    (`tasks`, BOOL [k]). The python backend's model builds the mask from the outputs a request
+    names, so there the mask is `optional`: a client may send it to choose tasks per image. Triton's
+    onnxruntime backend feeds the graph what clients send, so there every client must send it."""
+    image, mask = graph.image_input, graph.mask_input
+    inputs = [{"name": image.name, "data_type": Enum(f"TYPE_{image.dtype}"), "dims": image.dims}]
+    if mask is not None:
+        inputs.append({"name": mask.name, "data_type": Enum(f"TYPE_{mask.dtype}"), "dims": mask.dims,
+                       **({"optional": True} if backend == "python" else {})})
+    return inputs
+
+
 def graph_config(graph: GraphInfo, opts: RepoOptions, version: int = FIRST_VERSION) -> tuple[dict, dict[str, list[str]]]:
     """config.pbtxt as a dict serving `version`, and that version's label files (file name inside
     the version folder -> class names)."""
-    if len(graph.inputs) != 1:
-        raise SubtuneError(f"{graph.onnx_path}: expected one input (images), found {[i.name for i in graph.inputs]}")
+    inputs = graph_inputs(graph, opts.backend)  # refuses inputs other than images (and a task-select mask)
     config: dict = {"name": opts.name}
     if opts.backend == "python":
         config["backend"] = "python"
@@ -148,7 +167,7 @@ def graph_config(graph: GraphInfo, opts: RepoOptions, version: int = FIRST_VERSI
         config["platform"] = "onnxruntime_onnx" if opts.backend == "onnxruntime" else "tensorrt_plan"
     config["max_batch_size"] = opts.max_batch_size
     config["version_policy"] = {"specific": {"versions": [version]}}
-    config["input"] = [{"name": t.name, "data_type": Enum(f"TYPE_{t.dtype}"), "dims": t.dims} for t in graph.inputs]
+    config["input"] = inputs
     config["output"], labels = graph_outputs(graph, version)
     if opts.dynamic_batching and opts.max_batch_size > 1:
         config["dynamic_batching"] = {"preferred_batch_size": _preferred_sizes(opts.max_batch_size),
@@ -168,7 +187,7 @@ def graph_config(graph: GraphInfo, opts: RepoOptions, version: int = FIRST_VERSI
 
 
 def preprocess_config(graph: GraphInfo, opts: RepoOptions, pre: dict) -> dict:
-    image = graph.inputs[0]
+    image = graph.image_input
     config = {"name": f"{opts.name}_preprocess", "backend": "python", "max_batch_size": opts.max_batch_size,
               "input": [{"name": IMAGE_BYTES, "data_type": Enum("TYPE_STRING"), "dims": [1]}],
               "output": [{"name": image.name, "data_type": Enum("TYPE_FP32"), "dims": [3, *pre["image_size"]]}],
@@ -187,9 +206,11 @@ def ensemble_outputs(graph_model: str, graph_outputs: list[dict]) -> list[dict]:
 
 
 def ensemble_config(graph: GraphInfo, opts: RepoOptions, graph_cfg: dict) -> dict:
-    image = graph.inputs[0].name
+    image = graph.image_input.name
     pre_name = f"{opts.name}_preprocess"
     outputs = ensemble_outputs(opts.name, graph_cfg["output"])
+    if graph.task_select is not None:
+        return task_select_ensemble_config(opts, image, outputs)
     return {
         "name": f"{opts.name}_ensemble", "platform": "ensemble", "max_batch_size": opts.max_batch_size,
         "input": [{"name": IMAGE_BYTES, "data_type": Enum("TYPE_STRING"), "dims": [1]}],
@@ -203,6 +224,23 @@ def ensemble_config(graph: GraphInfo, opts: RepoOptions, graph_cfg: dict) -> dic
              "output_map": [{"key": o["name"], "value": o["name"]} for o in outputs]},
         ]},
     }
+
+
+def task_select_ensemble_config(opts: RepoOptions, image: str, outputs: list[dict]) -> dict:
+    """A --task-select graph's image ensemble: a python model (models/task_select_ensemble.py) that
+    chains NAME_preprocess and NAME itself, asking the graph for the outputs the client named.
+    (Triton's ensemble platform asks every step for all the outputs it maps, so behind one the
+    graph would compute every task for every image.)"""
+    config = {"name": f"{opts.name}_ensemble", "backend": "python", "max_batch_size": opts.max_batch_size,
+              "input": [{"name": IMAGE_BYTES, "data_type": Enum("TYPE_STRING"), "dims": [1]}],
+              "output": outputs,
+              "instance_group": [{"count": opts.instances, "kind": Enum("KIND_CPU")}],
+              "parameters": [_param(ENSEMBLE_GRAPH_PARAMETER, opts.name),
+                             _param(ENSEMBLE_PREPROCESS_PARAMETER, f"{opts.name}_preprocess"),
+                             _param("images_input", image)]}
+    if opts.dynamic_batching and opts.max_batch_size > 1:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": opts.queue_delay_us}
+    return config
 
 
 def write_repository(graph_path: str | Path, out: str | Path, opts: RepoOptions | None = None, *,
@@ -220,8 +258,8 @@ def write_repository(graph_path: str | Path, out: str | Path, opts: RepoOptions 
     if out.exists() and not overwrite:
         raise SubtuneError(f"{out} exists; choose another -o or pass --force to replace it")
     pre = graph.preprocess() if opts.preprocess else None
-    if opts.preprocess and graph.inputs[0].dims[1:] not in ([-1, -1], list(pre["image_size"])):
-        raise SubtuneError(f"{graph.onnx_path}: input dims {graph.inputs[0].dims} do not match the recorded "
+    if opts.preprocess and graph.image_input.dims[1:] not in ([-1, -1], list(pre["image_size"])):
+        raise SubtuneError(f"{graph.onnx_path}: input dims {graph.image_input.dims} do not match the recorded "
                            f"preprocessing size {pre['image_size']}; compile the graph again")
     cfg, labels = graph_config(graph, opts)
     try:
@@ -241,6 +279,10 @@ def write_repository(graph_path: str | Path, out: str | Path, opts: RepoOptions 
             shutil.copyfile(PREPROCESS_MODEL, tmp / pcfg["name"] / "1" / "model.py")
             ecfg = ensemble_config(graph, opts, cfg)
             _write_model(tmp / ecfg["name"], ecfg)
+            if ecfg.get("backend") == "python":
+                from subtune.serving.models import TASK_SELECT_ENSEMBLE
+
+                shutil.copyfile(TASK_SELECT_ENSEMBLE, tmp / ecfg["name"] / "1" / "model.py")
             ensemble = ecfg["name"]
             models += [pcfg["name"], ensemble]
         if out.exists():
@@ -250,7 +292,8 @@ def write_repository(graph_path: str | Path, out: str | Path, opts: RepoOptions 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Repository(out, models, opts.name, ensemble, opts.backend, [o.name for o in graph.outputs],
-                      {o["name"]: o["label_filename"] for o in cfg["output"] if "label_filename" in o}, FIRST_VERSION)
+                      {o["name"]: o["label_filename"] for o in cfg["output"] if "label_filename" in o}, FIRST_VERSION,
+                      graph.task_select)
 
 
 def _write_model(folder: Path, config: dict) -> None:

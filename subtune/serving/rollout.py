@@ -134,15 +134,21 @@ def _rollout(repository: Path, new_graph, rollback: bool, o: RolloutOptions, say
             return RolloutResult(model.repository, model.name, "none", model.served, model.served, None,
                                  o.dry_run, str(new_graph), history=list(model.history))
         target, history = model.next_version(), [*model.history, model.next_version()]
-    check_same_base_and_inputs(served_graph, graph, f"the served version {model.served}", label)
+    mask_from_outputs = model.backend == "python"  # its model builds a task-select graph's mask itself
+    check_same_base_and_inputs(served_graph, graph, f"the served version {model.served}", label,
+                               mask_from_outputs=mask_from_outputs)
     _check_pairs(model, graph, label)
     images = check_images(graph, o.check_images, o.data)
     comparison = compare(served_graph, graph, images, served_version=model.served, new_label=label,
-                         replace=tuple(o.replace), rollback=rollback)
+                         replace=tuple(o.replace), rollback=rollback, mask_from_outputs=mask_from_outputs)
     action = "rollback" if rollback else "rollout"
     say(f"{model.name}: version {model.served} (serving) -> version {target} ({label})")
     for line in comparison.lines():
         say(line)
+    if graph.task_select and model.ensemble is not None and model.ensemble.config.platform == "ensemble":
+        say(f"{model.ensemble.name} is Triton's ensemble, which asks {model.name} for every output: its image clients "
+            "get every task computed (the same answers); `subtune triton-repo NEW.onnx --preprocess` writes the "
+            "ensemble that asks only for the outputs a client names")
     result = RolloutResult(model.repository, model.name, action, model.served, model.served, comparison, o.dry_run,
                            None if rollback else str(new_graph), ensemble=model.ensemble.name if model.ensemble else None,
                            history=list(model.history))

@@ -6,7 +6,8 @@
                                    (parameter `served_versions`), the versions on disk, and the
                                    ensemble and preprocessing models that pair with it
     GraphModel.config_serving()    the graph model's configuration for another version: that
-                                   version's outputs, label files and metadata, everything else
+                                   version's outputs, label files, metadata and task mask input
+                                   (a --task-select graph's `tasks` comes and goes), everything else
                                    (batching, instances, threads, hand edits) kept
     GraphModel.ensemble_config()   the ensemble's configuration with a given set of outputs
     Edit                           the repository edits of one rollout: a version folder built
@@ -34,7 +35,8 @@ from pathlib import Path
 
 from subtune.errors import SubtuneError
 from subtune.serving.graph import GraphInfo, read_graph
-from subtune.serving.repository import (GRAPH_FILE_PARAMETER, HISTORY_PARAMETER, ensemble_outputs, graph_outputs,
+from subtune.serving.repository import (ENSEMBLE_GRAPH_PARAMETER, ENSEMBLE_PREPROCESS_PARAMETER, GRAPH_FILE_PARAMETER,
+                                        HISTORY_PARAMETER, ensemble_outputs, graph_inputs, graph_outputs,
                                         metadata_parameters, write_version_files)
 
 log = logging.getLogger(__name__)
@@ -144,13 +146,21 @@ class GraphModel:
     # ---------------------------------------------------------------- configurations
     def config_serving(self, version: int, graph: GraphInfo, history: list[int]):
         """The graph model's configuration serving `version` (whose graph is `graph`), with
-        `history` as the versions served: outputs, label files and subtune metadata from the
-        graph; the rest of the served configuration kept. Returns (config, label files)."""
+        `history` as the versions served: outputs, label files, subtune metadata and a task-select
+        graph's mask input from the graph; the rest of the served configuration (the images input
+        included) kept. Returns (config, label files)."""
         pb, _, json_format = _protobuf()
         config = pb.ModelConfig()
         config.CopyFrom(self.model.config)
         config.version_policy.Clear()
         config.version_policy.specific.versions.append(version)
+        served_inputs = {i.name: i for i in config.input}
+        del config.input[:]
+        for entry in graph_inputs(graph, self.backend):  # a task-select mask comes, goes or changes width
+            if entry["name"] == graph.image_input.name and entry["name"] in served_inputs:  # as served, hand edits included
+                config.input.add().CopyFrom(served_inputs[entry["name"]])
+            else:
+                config.input.add().CopyFrom(json_format.ParseDict(_json_ready(entry), pb.ModelInput()))
         outputs, labels = graph_outputs(graph, version)
         del config.output[:]
         for o in outputs:
@@ -215,7 +225,17 @@ def open_graph_model(repository: str | os.PathLike, name: str | None = None) -> 
     if ours is not None:
         pre_names = [s.model_name for s in ours.config.ensemble_scheduling.step if s.model_name != model.name]
         preprocess = next((e for e in entries if e.name in pre_names), None)
+    else:  # a --task-select graph's image ensemble: a python model that names the two models it chains
+        ours = next((e for e in entries if e.name == f"{model.name}_ensemble" and e.config.backend == "python"
+                     and _parameter(e, ENSEMBLE_GRAPH_PARAMETER) == model.name), None)
+        if ours is not None:
+            preprocess = next((e for e in entries if e.name == _parameter(ours, ENSEMBLE_PREPROCESS_PARAMETER)), None)
     return GraphModel(repo, model, ours, preprocess, [e for e in ensembles if e is not ours], served, history)
+
+
+def _parameter(entry: ModelEntry, key: str) -> str | None:
+    params = entry.config.parameters
+    return params[key].string_value if key in params else None
 
 
 def _served(model: ModelEntry) -> tuple[int, list[int]]:

@@ -77,11 +77,9 @@ def cpp_build() -> CppBuild:
 
 
 @pytest.fixture(scope="session")
-def cpp_graph(tmp_path_factory) -> Path:
-    """tiny_resnet base + two tasks with class names and preprocessing (one overlapping the other),
-    compiled to one graph: what a C++ service would be handed."""
-    from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
-    from subtune.compiler.plan import Plan
+def cpp_tasks():
+    """tiny_resnet base + two tasks with class names and preprocessing (one overlapping the other):
+    what both session graphs are compiled from."""
     from subtune.models import make_base
     from subtune.synthetic import synthetic_task
 
@@ -92,10 +90,32 @@ def cpp_graph(tmp_path_factory) -> Path:
     for seed, (name, blocks, classes) in enumerate([("fashion10", [5, 6], FASHION), ("coarse4", [6, 7], COARSE)], 1):
         t = synthetic_task(base, name, blocks, num_classes=len(classes), seed=seed, backbone=bb)
         tasks.append(dataclasses.replace(t, classes=list(classes), meta={**t.meta, "preprocess": pre}))
-    plan = compile_plan(Plan(base, tasks, input_size=SIZE), CompileOptions(verify=False, check_tensorrt=False))
-    path = tmp_path_factory.mktemp("cpp_graph") / "model.onnx"
-    path.write_bytes(serialize(plan))
+    return base, tasks
+
+
+def _compile(base_and_tasks, folder: Path, **options) -> Path:
+    from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
+    from subtune.compiler.plan import Plan
+
+    base, tasks = base_and_tasks
+    plan = Plan(base, list(tasks), input_size=SIZE)  # compile_plan fills the plan in: a fresh one each time
+    compiled = compile_plan(plan, CompileOptions(verify=False, check_tensorrt=False, **options))
+    path = folder / "model.onnx"
+    path.write_bytes(serialize(compiled))
     return path
+
+
+@pytest.fixture(scope="session")
+def cpp_graph(cpp_tasks, tmp_path_factory) -> Path:
+    """cpp_tasks compiled to one graph: what a C++ service would be handed."""
+    return _compile(cpp_tasks, tmp_path_factory.mktemp("cpp_graph"))
+
+
+@pytest.fixture(scope="session")
+def task_select_graph(cpp_tasks, tmp_path_factory) -> Path:
+    """cpp_tasks compiled with --task-select: inputs images and tasks (bool [batch, 2], one column
+    per task in output order); a task's output is NaN in the rows that did not ask for it."""
+    return _compile(cpp_tasks, tmp_path_factory.mktemp("task_select_graph"), task_select=True)
 
 
 @pytest.fixture(scope="session")

@@ -280,6 +280,8 @@ BAD = {
     "unknown option": (lambda d, g: [g, "--frobnicate"], "unknown option --frobnicate"),
     "unknown runtime": (lambda d, g: [g, "--runtime", "tensorrt"], "expected onnxruntime or openvino"),
     "json into a missing folder": (lambda d, g: [g, "--json", d / "no" / "dir.json"], "does not exist"),
+    "tasks on a graph without task selection": (lambda d, g: [g, "--tasks", "coarse4"],
+                                                "was compiled without --task-select"),
 }
 
 

@@ -33,9 +33,8 @@ def tritonclient_modules():
     return http, grpc
 
 
-@pytest.fixture(scope="session")
-def tiny_graph(tmp_path_factory):
-    """A compiled two-task tiny_resnet graph: t1 (blocks 2-3, 4 named classes), t2 (3-4, 10)."""
+def _compile_tiny(path, task_select: bool = False):
+    """The two-task tiny_resnet graph: t1 (blocks 2-3, 4 named classes), t2 (3-4, 10)."""
     from subtune.compiler.pipeline import CompileOptions, compile_plan, serialize
     from subtune.compiler.plan import Plan
     from subtune.models import make_base
@@ -48,10 +47,22 @@ def tiny_graph(tmp_path_factory):
     t1.classes = list(T1_CLASSES)
     for t in (t1, t2):
         t.meta["preprocess"] = dict(PREPROCESS)
-    plan = compile_plan(Plan(base, [t1, t2]), CompileOptions(verify=False, check_tensorrt=False))
-    path = tmp_path_factory.mktemp("graph") / "tiny.onnx"
+    plan = compile_plan(Plan(base, [t1, t2]), CompileOptions(verify=False, check_tensorrt=False,
+                                                             task_select=task_select))
     path.write_bytes(serialize(plan))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_graph(tmp_path_factory):
+    """A compiled two-task tiny_resnet graph: t1 (blocks 2-3, 4 named classes), t2 (3-4, 10)."""
+    return _compile_tiny(tmp_path_factory.mktemp("graph") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_select_graph(tmp_path_factory):
+    """The same tasks as tiny_graph compiled with --task-select (second input `tasks`, bool [batch, 2])."""
+    return _compile_tiny(tmp_path_factory.mktemp("graph") / "tiny_select.onnx", task_select=True)
 
 
 @pytest.fixture(scope="session")

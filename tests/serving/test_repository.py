@@ -174,3 +174,43 @@ def test_external_weights_travel_with_the_graph(tmp_path):
     (src / "big.onnx.data").unlink()
     with pytest.raises(SubtuneError, match="not beside it"):
         write_repository(src / "big.onnx", tmp_path / "r2", RepoOptions())
+
+
+@pytest.mark.parametrize("backend", ["python", "onnxruntime"])
+def test_task_select_graph_configs(backend, tiny_select_graph, tmp_path, model_config):
+    """A --task-select graph: the configuration declares its mask `tasks` (BOOL [2]); optional with the
+    python backend, whose model builds it from the outputs a request names, required with Triton's
+    onnxruntime backend, which feeds the graph what clients send. With --preprocess the image
+    ensemble is a python model chaining the same two models (Triton's ensemble platform would ask
+    the graph for every output)."""
+    from subtune.serving.models import TASK_SELECT_ENSEMBLE
+
+    repo = write_repository(tiny_select_graph, tmp_path / "repo", RepoOptions(name="m", backend=backend,
+                                                                            preprocess=True))
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = model_config(repo.path / "m" / "config.pbtxt")
+    assert [(i.name, model_config_pb2.DataType.Name(i.data_type), list(i.dims), i.optional) for i in cfg.input] == \
+        [("images", "TYPE_FP32", [3, 32, 32], False), ("tasks", "TYPE_BOOL", [2], backend == "python")]
+    assert json.loads(cfg.parameters["subtune.task_select"].string_value)["columns"] == ["t1", "t2"]
+    ens = model_config(repo.path / "m_ensemble" / "config.pbtxt")
+    assert ens.backend == "python" and not ens.platform and not ens.ensemble_scheduling.step
+    assert [o.name for o in ens.output] == ["base", "t1", "t2"]
+    assert {o.name: o.label_filename for o in ens.output}["t1"] == "../m/1/labels_t1.txt"
+    assert {k: v.string_value for k, v in ens.parameters.items()} == \
+        {"graph_model": "m", "preprocess_model": "m_preprocess", "images_input": "images"}
+    assert (repo.path / "m_ensemble" / "1" / "model.py").read_bytes() == TASK_SELECT_ENSEMBLE.read_bytes()
+
+
+def test_task_select_metadata_must_match_the_graph(tiny_select_graph, tmp_path):
+    """A graph whose subtune.task_select names columns other than its task outputs is refused in one line."""
+    import onnx
+
+    model = onnx.load(str(tiny_select_graph))
+    for prop in model.metadata_props:
+        if prop.key == "subtune.task_select":
+            prop.value = prop.value.replace('["t1", "t2"]', '["t2", "t1"]')
+    onnx.save(model, str(tmp_path / "lying.onnx"))
+    with pytest.raises(SubtuneError, match=r"columns?.*t2, t1.*found input tasks BOOL \[2\] and task outputs t1, t2"):
+        write_repository(tmp_path / "lying.onnx", tmp_path / "r", RepoOptions())
+    assert not (tmp_path / "r").exists()

@@ -8,6 +8,17 @@
 //   subtune::Outputs out = model.run(images, batch);      // or run(images.data(), images.size(), batch)
 //   const subtune::Tensor& t = out.at("fashion10");        // [batch, classes]
 //
+// A graph compiled with --task-select (task_select() is true) computes per image only the tasks it
+// asks for; the base is always computed:
+//
+//   model.run(images, batch);                              // every task on every image
+//   model.run(images, batch, {"coarse4"});                 // every image asks for coarse4
+//   model.run(images, batch, {});                          // the base only
+//   model.run(images, 3, model.task_mask({{"coarse4"}, {}, {"fashion10", "coarse4"}}));  // per image
+//
+// The outputs are the graph's as it gives them: every task's tensor is [batch, classes], with NaN
+// in the rows of the images that did not ask for that task.
+//
 // Errors (a missing or foreign file, a graph whose outputs are not float32, a wrong input shape or
 // buffer size, a failing run) are thrown as subtune::Error with one line that says what was
 // expected, what was found and what to do.
@@ -70,6 +81,25 @@ class Outputs {
   size_t size() const { return names.size(); }
 };
 
+// Which tasks each image of a batch computes, for a graph compiled with --task-select: one row per
+// image, one column per task in Model::tasks() order (the graph's `tasks` input, bool [batch, k]).
+// All false when made. Model::task_mask makes one from task names; Model::run checks that it has
+// one row per image and one column per task (the graph itself checks neither the rows nor, on every
+// runtime, the width).
+class TaskMask {
+ public:
+  explicit TaskMask(int64_t batch, int64_t columns);  // throws subtune::Error unless both are at least 1
+  int64_t batch() const { return batch_; }
+  int64_t columns() const { return columns_; }
+  void set(int64_t image, int64_t column, bool compute = true);  // throws subtune::Error out of range
+  bool get(int64_t image, int64_t column) const;                  // throws subtune::Error out of range
+  const uint8_t* data() const { return values_.data(); }         // batch x columns, row-major, 0 or 1
+
+ private:
+  int64_t batch_, columns_;
+  std::vector<uint8_t> values_;
+};
+
 enum class Runtime {
   onnxruntime,  // ONNX Runtime's C++ API, CPU: always built
   openvino,     // OpenVINO (f32 inference precision), CPU: built when CMake finds its SDK
@@ -109,12 +139,32 @@ class Model {
   // Class names of an output ("base" and tasks without names: empty).
   const std::vector<std::string>& classes(const std::string& output) const;
 
+  // Task selection. True for a graph compiled with --task-select (its metadata has
+  // subtune.task_select): run() then takes which tasks to compute, by name or as a TaskMask.
+  bool task_select() const;
+  // The mask for `tasks_per_image` (one list of task names per image, in the batch's order), or for
+  // `batch` images that all ask for `tasks`. Throws subtune::Error for an unknown task name and for
+  // a graph without task selection.
+  TaskMask task_mask(const std::vector<std::vector<std::string>>& tasks_per_image) const;
+  TaskMask task_mask(const std::vector<std::string>& tasks, int64_t batch) const;
+
   // Run `batch` images laid out [batch, 3, H, W] (float32, preprocessed): `size` floats, which must
   // be batch * 3 * H * W. The data is read in place, not copied. Safe to call from several threads
   // at once (OpenVINO serialises the calls).
   Outputs run(const float* images, size_t size, int64_t batch) const;
   Outputs run(const std::vector<float>& images, int64_t batch) const;
   Outputs run(const Tensor& images) const;  // checks images.shape == [batch, 3, H, W]
+  // With a --task-select graph the runs above compute every task on every image. These compute the
+  // base plus only the tasks asked for: `tasks` by name for every image ({} for the base only), or
+  // a TaskMask per image. A task's output holds NaN in the rows of images that did not ask for it.
+  // Throws subtune::Error for an unknown task name, a mask whose shape is not [batch, tasks], and a
+  // graph compiled without --task-select.
+  Outputs run(const float* images, size_t size, int64_t batch, const std::vector<std::string>& tasks) const;
+  Outputs run(const std::vector<float>& images, int64_t batch, const std::vector<std::string>& tasks) const;
+  Outputs run(const Tensor& images, const std::vector<std::string>& tasks) const;
+  Outputs run(const float* images, size_t size, int64_t batch, const TaskMask& tasks) const;
+  Outputs run(const std::vector<float>& images, int64_t batch, const TaskMask& tasks) const;
+  Outputs run(const Tensor& images, const TaskMask& tasks) const;
 
   std::string runtime() const;  // the runtime and its version, e.g. "onnxruntime 1.32.0"
   static bool runtime_available(Runtime runtime);  // false for OpenVINO in a build without it

@@ -11,3 +11,6 @@ GRAPH_MODEL = Path(__file__).with_name("graph_model.py")
 GRAPH_MODEL_SUPPORT = (Path(__file__).parents[2] / "graph_metadata.py",
                        Path(__file__).parents[2] / "graph_metadata.schema.json")
 PREPROCESS_MODEL = Path(__file__).with_name("preprocess_model.py")
+# A --task-select graph's image ensemble: Triton's ensembles ask the graph for every output, this
+# python model asks for the ones the client named (so the graph computes only those tasks).
+TASK_SELECT_ENSEMBLE = Path(__file__).with_name("task_select_ensemble.py")
