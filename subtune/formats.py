@@ -9,9 +9,10 @@ documented in README.md ("File formats"); bump the `/N` suffix on any incompatib
 from __future__ import annotations
 
 import os
+import weakref
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -24,13 +25,15 @@ BASE_FORMAT = "subtune.base/1"
 TASK_FORMAT = "subtune.task/1"
 
 
-def load_dict(path: str | os.PathLike, what: str) -> dict[str, Any]:
-    """torch.load with weights_only=True, turning every way a file can be wrong into one line."""
+def load_dict(path: str | os.PathLike, what: str, *, mmap: bool = False) -> dict[str, Any]:
+    """torch.load with weights_only=True, turning every way a file can be wrong into one line.
+    `mmap`: the tensors are views of the file mapped into memory (copy-on-write), read from disk
+    when first touched, instead of copies."""
     path = Path(path)
     if not path.is_file():
         raise SubtuneError(f"{what} file {path} not found: expected a file written by subtune")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises many types here; all mean "not a safe subtune file"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
@@ -105,10 +108,21 @@ def save_task(path: str | os.PathLike, task: TaskDelta) -> None:
     save_dict(path, {**data, TASK_HASH_KEY: task_tensors_hash(data)})
 
 
-def load_task(path: str | os.PathLike) -> TaskDelta:
-    data = load_dict(path, "task")
+def load_task(path: str | os.PathLike, *, mmap: bool = False) -> TaskDelta:
+    """A task file. `mmap=True`: the tensors stay in the file, mapped into memory, and
+    `release_task_memory` gives back what was read of them (the compiler does, so 100 tasks need
+    not all be in memory at once); the file must then not change while the task is in use."""
+    data = load_dict(path, "task", mmap=mmap)
     _require_format(data, path, TASK_FORMAT, "task")
     _check_task_hash(data, path)
+    task = _task_from_dict(data, path)
+    if mmap:
+        _MAPPED[id(task)] = _Mapped(weakref.ref(task, _forget(id(task))), _file_signature(path), *_tensor_holders(task))
+        release_task_memory(task)  # the hash check read every tensor: map them again, unread
+    return task
+
+
+def _task_from_dict(data: dict[str, Any], path: str | os.PathLike) -> TaskDelta:
     kind = data.get("kind", "delta")  # files written before tap tasks existed have no "kind"
     if kind not in TASK_KINDS:
         raise SubtuneError(f"{path}: task kind {kind!r} is not one this subtune knows ({', '.join(TASK_KINDS)}); "
@@ -127,6 +141,51 @@ def load_task(path: str | os.PathLike) -> TaskDelta:
     return task
 
 
+def release_task_memory(task: TaskDelta) -> None:
+    """Give back the memory that reading the tensors of a task loaded with
+    `load_task(path, mmap=True)` took: they are mapped from the file again, unread, and the pages
+    read so far go with the old mapping once nothing else holds its tensors. Any other task (in
+    memory, or whose tensor dicts were replaced since it was loaded) is left as it is.
+
+    Copy-on-write: a mapped tensor changed in place loses the change here, so only code that loaded
+    the task itself and never writes to it (the compiler) calls this."""
+    mapped = _MAPPED.get(id(task))
+    if mapped is None or mapped.task() is not task or _tensor_holders(task) != (mapped.block_state, mapped.head):
+        return
+    if _file_signature(task.path) != mapped.signature:
+        raise SubtuneError(f"{task.path}: the task file changed while it was in use; compile again")
+    fresh = _task_from_dict(load_dict(task.path, "task", mmap=True), task.path)
+    task.block_state, task.head, task.taps = fresh.block_state, fresh.head, fresh.taps
+    _MAPPED[id(task)] = mapped._replace(block_state=id(task.block_state), head=id(task.head))
+
+
+class _Mapped(NamedTuple):
+    task: weakref.ref  # the TaskDelta load_task made (an id alone could be reused once it is gone)
+    signature: tuple[int, int, int, int]  # of its file when loaded: device, inode, size, mtime
+    block_state: int  # ids of the dicts load_task filled in: a task given other dicts is not released
+    head: int
+
+
+_MAPPED: dict[int, _Mapped] = {}  # id(task) -> the file its tensors are mapped from
+
+
+def _forget(key: int):
+    """The callback that drops a task's entry when the task is gone (and not a newer task's)."""
+    def callback(ref: weakref.ref) -> None:
+        if key in _MAPPED and _MAPPED[key].task is ref:
+            del _MAPPED[key]
+    return callback
+
+
+def _tensor_holders(task: TaskDelta) -> tuple[int, int]:
+    return id(task.block_state), id(task.head)
+
+
+def _file_signature(path: str | os.PathLike) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 # Integrity of task files.
 
 TASK_HASH_KEY = "tensors_sha256"  # files written before it existed have none and still load
@@ -136,19 +195,17 @@ def task_tensors_hash(data: dict[str, Any]) -> str:
     """sha256 over every tensor in a task file's dict (blocks, head, taps, meta), by its path
     in the dict, as `fingerprint` does for a base's state_dict."""
     tensors: dict[str, torch.Tensor] = {}
-
-    def walk(value: Any, where: str) -> None:
+    # A loop, not a recursive closure: a closure that calls itself is a reference cycle, which would
+    # keep the tensors (and a mapped file's pages) alive until the garbage collector runs.
+    pending: list[tuple[Any, str]] = [(data, "")]
+    while pending:
+        value, where = pending.pop()
         if isinstance(value, torch.Tensor):
             tensors[where] = value
         elif isinstance(value, dict):
-            for k, v in value.items():
-                if where or k != TASK_HASH_KEY:
-                    walk(v, f"{where}/{k}")
+            pending.extend((v, f"{where}/{k}") for k, v in value.items() if where or k != TASK_HASH_KEY)
         elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                walk(v, f"{where}/{i}")
-
-    walk(data, "")
+            pending.extend((v, f"{where}/{i}") for i, v in enumerate(value))
     return fingerprint(tensors)
 
 

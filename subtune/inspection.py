@@ -34,6 +34,27 @@ def describe(path: str) -> dict:
     raise SubtuneError(f"{path}: expected a subtune base/task file or an .onnx file, found format {fmt!r}")
 
 
+def _weights(model, path: Path) -> dict:
+    """Bytes of the graph's weights, and for a graph with external data (over 2 GiB) the weights
+    file beside it, which must be there (a pair moved apart does not load)."""
+    import onnx
+
+    inline = sum(len(t.raw_data) for t in model.graph.initializer)
+    files = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+    if not files:
+        return {"weights_bytes": inline}
+    external = {}
+    for name in files:
+        data = path.parent / name
+        if not data.is_file():
+            raise SubtuneError(f"{path}: its weights are in {name}, which is not beside it; keep the .onnx and "
+                               "its .data file together")
+        external[name] = data.stat().st_size
+    lengths = [int(e.value) for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+               for e in t.external_data if e.key == "length"]
+    return {"weights_bytes": inline + sum(lengths), "external_data": external}
+
+
 def _describe_onnx(path: str) -> dict:
     import onnx
 
@@ -43,7 +64,7 @@ def _describe_onnx(path: str) -> dict:
         raise SubtuneError(f"{path}: not a readable ONNX file ({type(e).__name__})") from e
     info = {"format": "onnx", "opset": [f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import],
             "inputs": [i.name for i in model.graph.input], "outputs": [o.name for o in model.graph.output],
-            "nodes": len(model.graph.node)}
+            "nodes": len(model.graph.node), **_weights(model, Path(path))}
     props = {p.key: p.value for p in model.metadata_props}
     if not any(k.startswith(graph_metadata.PREFIX) for k in props):
         return {**info, "subtune_graph": False}  # any ONNX file can be described; it is not a compiled one

@@ -29,14 +29,15 @@ def _load_base(base):
     raise SubtuneError(f"base: expected a path or a subtune.models.BaseModel, found {type(base).__name__}")
 
 
-def _load_task(task):
+def _load_task(task, *, mmap: bool = False):
+    """`mmap`: a path's tensors are mapped from the file (formats.load_task), for the compiler."""
     from subtune.delta import TaskDelta
     from subtune.formats import load_task
 
     if isinstance(task, TaskDelta):
         return task
     if isinstance(task, (str, os.PathLike)):
-        return load_task(task)
+        return load_task(task, mmap=mmap)
     raise SubtuneError(f"task: expected a path or a subtune.delta.TaskDelta, found {type(task).__name__}")
 
 

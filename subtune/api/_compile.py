@@ -147,8 +147,9 @@ def compile(base: "str | os.PathLike | BaseModel", tasks: "Sequence[str | os.Pat
     from subtune.compiler.plan import Plan
 
     base_model = _load_base(base)
-    task_list = [_load_task(t) for t in tasks]
-    plan = Plan(base_model, task_list, input_size=size)
+    # Task files are mapped, not read: the compiler reads one task at a time and gives the memory back
+    task_list = [_load_task(t, mmap=True) for t in tasks]
+    plan = Plan(base_model, task_list, input_size=size, scratch_dir=str(onnx_path.parent))
     options = CompileOptions(verify=verify, verify_batches=batches, tolerance=tolerance, prune=prune_options,
                              precision=precision, check_tensorrt=check_tensorrt, task_select=bool(task_select))
     try:

@@ -370,7 +370,8 @@ class VariantBuilder:
 
         plan = Plan(self.base_model, list(tasks), input_size=self.input_size)
         if self.runtime.name == "torch":
-            compile_plan(plan, CompileOptions(verify=False), until="lower")
+            # the tasks' blocks as they are, like the naive and split deployments' (no BatchNorm folded)
+            compile_plan(plan, CompileOptions(verify=False, fold_batch_norm=False), until="lower")
             return make_runner(self.runtime, plan.module, self._images, plan.output_names, name=key)
         compile_plan(plan, CompileOptions(verify=False, task_select=task_select))
         return runner_from_onnx(self.runtime, plan.onnx, sample_shape=(3, *self.input_size), name=key,

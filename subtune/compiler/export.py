@@ -162,26 +162,115 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
 
 def write_onnx(model: ir.Model, path: str | os.PathLike, *, external: bool) -> None:
     """Write `model` to `path` (not atomically: see save_onnx), its weights in `path.data` when
-    `external`."""
+    `external`. Either way one tensor's bytes at a time are in memory beyond the model's own."""
     path = Path(path)
     if not external:
-        path.write_bytes(onnx_bytes(model))
+        if needs_external_data(model):  # the message could not be read back
+            onnx_bytes(model)  # raises, saying what to do
+        _write_one_message(model, path)
         return
     data = external_data_path(path)
     log.info("writing %s with its weights in %s (ONNX external data: %.2f GiB of weights)", path, data.name,
              weight_bytes(model) / 2**30)
-    kwargs = {"external_data": data.name, "size_threshold_bytes": 1024}
+    kwargs = {"external_data": data.name, "size_threshold_bytes": EXTERNAL_DATA_MIN_BYTES}
     try:
         ir.save(model, path, alignment=65536, **kwargs)  # aligned: runtimes can map the weights
     except TypeError:  # onnx-ir before 1.1 aligns large tensors by default and has no `alignment`
         ir.save(model, path, **kwargs)
 
 
+EXTERNAL_DATA_MIN_BYTES = 1024  # smaller initializers stay in the .onnx message
+
+# Field numbers and wire type of the three ONNX protobuf fields _write_one_message writes itself
+# (onnx.proto: ModelProto.graph = 7, GraphProto.initializer = 5, TensorProto.raw_data = 9).
+_LENGTH_DELIMITED = 2
+_GRAPH, _INITIALIZER, _RAW_DATA = ((n << 3 | _LENGTH_DELIMITED).to_bytes(1, "little") for n in (7, 5, 9))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _write_one_message(model: ir.Model, path: Path) -> None:
+    """`model` as one ONNX protobuf message, streamed: ir.to_proto would hold every weight twice more
+    (in the message and in its serialization), 2 GB each for a 60-task ResNet-50.
+
+    The message is the model with its initializers' metadata only, then a second `graph` field
+    holding the initializers, each tensor's bytes written as they are read. Protobuf merges a
+    message field that occurs twice (the encoding's rule, which every ONNX reader's protobuf
+    follows), so a reader sees one graph with these initializers in this order."""
+    graph = model.graph
+    streamed: dict[str, ir.TensorProtocol] = {}
+    for value in graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None and tensor.dtype != ir.DataType.STRING and tensor.nbytes >= EXTERNAL_DATA_MIN_BYTES:
+            streamed[value.name] = tensor
+            # A placeholder that serializes its metadata and no data (restored below)
+            value.const_value = ir.ExternalTensor("streamed", 0, tensor.nbytes, tensor.dtype, shape=tensor.shape,
+                                                  name=value.name, doc_string=tensor.doc_string,
+                                                  metadata_props=dict(tensor.metadata_props))
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for name, tensor in streamed.items():
+            graph.initializers[name].const_value = tensor
+    initializers = list(proto.graph.initializer)
+    del proto.graph.initializer[:]
+    heads = []
+    for tensor_proto in initializers:
+        if tensor_proto.name in streamed:
+            tensor_proto.ClearField("external_data")
+            tensor_proto.ClearField("data_location")
+            n = streamed[tensor_proto.name].nbytes
+            heads.append((tensor_proto.SerializeToString(), n, _RAW_DATA + _varint(n)))
+        else:
+            heads.append((tensor_proto.SerializeToString(), 0, b""))
+    sizes = [len(meta) + len(raw_head) + n for meta, n, raw_head in heads]
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+        del proto
+        f.write(_GRAPH + _varint(sum(len(_INITIALIZER) + len(_varint(size)) + size for size in sizes)))
+        for tensor_proto, (meta, n, raw_head), size in zip(initializers, heads, sizes):
+            f.write(_INITIALIZER + _varint(size) + meta)
+            if raw_head:
+                data = streamed[tensor_proto.name].tobytes()
+                if len(data) != n:
+                    raise RuntimeError(f"internal error: initializer {tensor_proto.name!r} gave {len(data)} bytes, "
+                                       f"expected {n}")
+                f.write(raw_head)
+                f.write(data)
+                del data
+
+
 @contextlib.contextmanager
-def onnx_on_disk(model: ir.Model):
-    """A temporary path holding `model` (with external data when it needs it), for runtimes that
-    must load a graph over 2 GiB from a file; removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="subtune-") as d:
-        path = Path(d) / "model.onnx"
-        write_onnx(model, path, external=needs_external_data(model))
-        yield path
+def weights_on_disk(model: ir.Model, directory: str | os.PathLike | None = None):
+    """For the `with` block, `model`'s weights live in a file, not in memory: the model is written
+    to a temporary directory (in `directory`; None: the system's) as model.onnx with its weights
+    beside it (external data), and its large initializers become views of that file (read when
+    asked). Yields the .onnx path, for a runtime to load: the runtime's copy of the weights is then
+    the only one in memory. Afterwards the weights are read back into memory, one tensor at a time,
+    and the directory is removed."""
+    with tempfile.TemporaryDirectory(prefix=".subtune-", dir=directory) as scratch:
+        path = Path(scratch) / "model.onnx"
+        data = external_data_path(path)
+        try:
+            ir.external_data.unload_from_model(model, scratch, data.name, size_threshold_bytes=EXTERNAL_DATA_MIN_BYTES,
+                                               alignment=65536)
+        except TypeError:  # onnx-ir before 1.1: no `alignment`
+            ir.external_data.unload_from_model(model, scratch, data.name, size_threshold_bytes=EXTERNAL_DATA_MIN_BYTES)
+        try:
+            ir.save(model, path)  # the initializers are external now: only the small message is written
+            yield path
+        finally:
+            for value in model.graph.initializers.values():
+                tensor = value.const_value
+                if isinstance(tensor, ir.ExternalTensor) and Path(tensor.path).parent == Path(scratch):
+                    value.const_value = ir.Tensor(tensor.numpy().copy(), dtype=tensor.dtype, name=tensor.name,
+                                                  doc_string=tensor.doc_string,
+                                                  metadata_props=dict(tensor.metadata_props))
+                    tensor.release()  # unmapped: a mapping left open keeps every page read in memory

@@ -41,9 +41,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from subtune.compiler.fold import BlockFolder, folded_task_blocks
 from subtune.compiler.schedule import Fork, Merge, RunBlock, Schedule
 from subtune.delta.modules import TapHead, task_blocks, task_head
 from subtune.delta import TaskDelta
+from subtune.formats import release_task_memory
 from subtune.models import Backbone
 from subtune.passes.record_stream_roles import BASE, MERGE, SPLIT, TAP, fill_role, fork_role, rows_role, task_role
 
@@ -53,11 +55,12 @@ FILL = float("nan")  # a task's output in the rows that did not ask for it (task
 class TaskBranch(nn.Module):
     tap = False
 
-    def __init__(self, task: TaskDelta, backbone: Backbone):
+    def __init__(self, task: TaskDelta, backbone: Backbone, blocks: nn.ModuleList | None = None):
+        """`blocks`: the task's blocks already built (folded: fold.py); None builds them as they are."""
         super().__init__()
         self.first = task.first
         self.siamese = task.siamese
-        self.blocks = task_blocks(task, backbone)
+        self.blocks = task_blocks(task, backbone) if blocks is None else blocks
         self.head = task_head(task)
 
     def block(self, number: int) -> nn.Module:
@@ -66,6 +69,18 @@ class TaskBranch(nn.Module):
     def forward(self, base_features: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """The task's logits from its chunk of the final features (Siamese: beside the base's)."""
         return self.head(torch.cat([base_features, features], dim=1) if self.siamese else features)
+
+
+def _branch(task: TaskDelta, backbone: Backbone, folders: dict[int, BlockFolder] | None) -> nn.Module:
+    """A task's part of the module, holding copies of its weights (folded where `folders` is
+    given); a task mapped from its file gives back the memory reading it took, once per task, so
+    lowering 100 tasks never holds them all twice (formats.release_task_memory)."""
+    if task.taps is not None:
+        branch = TapBranch(task)
+    else:
+        branch = TaskBranch(task, backbone, None if folders is None else folded_task_blocks(task, backbone, folders))
+    release_task_memory(task)
+    return branch
 
 
 class TapBranch(nn.Module):
@@ -180,12 +195,16 @@ class FillRows(nn.Module):
 class MultiTaskModel(nn.Module):
     """images -> (base logits, task 0 logits, task 1 logits, ...)."""
 
-    def __init__(self, base_model: nn.Module, backbone: Backbone, tasks: list[TaskDelta], schedule: Schedule):
+    def __init__(self, base_model: nn.Module, backbone: Backbone, tasks: list[TaskDelta], schedule: Schedule, *,
+                 fold_batch_norm: bool = False):
+        """`fold_batch_norm`: fold the task blocks' BatchNorms into their convolutions (fold.py),
+        as the ONNX export does anyway, so the module holds each task's weights once."""
         super().__init__()
         self.base = base_model
         self.backbone = backbone  # a plain dataclass of views into self.base, not a submodule
         self.stem, self.neck = BackbonePart(backbone.stem), BackbonePart(backbone.neck)
-        self.tasks = nn.ModuleList(TapBranch(t) if t.taps is not None else TaskBranch(t, backbone) for t in tasks)
+        folders: dict[int, BlockFolder] | None = {} if fold_batch_norm else None
+        self.tasks = nn.ModuleList(_branch(t, backbone, folders) for t in tasks)
         self.schedule = schedule
         # Tapped points of the shared stream, and how many chunks it holds when each is produced.
         self.tap_points = sorted({p for t in tasks for p in t.tap_points})
@@ -266,12 +285,15 @@ class TaskSelectModel(nn.Module):
     """(images, rows of task 0, rows of task 1, ...) -> (base logits, task 0 logits, ...): each task
     runs on the rows that asked for it (the module docstring's task selection)."""
 
-    def __init__(self, base_model: nn.Module, backbone: Backbone, tasks: list[TaskDelta], schedule: Schedule):
+    def __init__(self, base_model: nn.Module, backbone: Backbone, tasks: list[TaskDelta], schedule: Schedule, *,
+                 fold_batch_norm: bool = False):
+        """`fold_batch_norm`: as MultiTaskModel's."""
         super().__init__()
         self.base = base_model
         self.backbone = backbone  # a plain dataclass of views into self.base, not a submodule
         self.stem, self.neck = BackbonePart(backbone.stem), BackbonePart(backbone.neck)
-        self.tasks = nn.ModuleList(TapBranch(t) if t.taps is not None else TaskBranch(t, backbone) for t in tasks)
+        folders: dict[int, BlockFolder] | None = {} if fold_batch_norm else None
+        self.tasks = nn.ModuleList(_branch(t, backbone, folders) for t in tasks)
         self.schedule = schedule
         self.names = [t.name for t in tasks]
         self.tap_points = {p for t in tasks for p in t.tap_points if p <= backbone.num_blocks + 1}

@@ -31,7 +31,6 @@ order and refuses a step whose inputs no earlier step wrote, so a partial pipeli
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -39,8 +38,9 @@ from typing import TYPE_CHECKING, Callable
 import onnx_ir as ir
 import torch
 
-from subtune.compiler.export import export_onnx, needs_external_data, onnx_bytes, onnx_on_disk
+from subtune.compiler.export import export_onnx, needs_external_data, onnx_bytes, weights_on_disk
 from subtune.compiler.lower import MultiTaskModel, TaskSelectModel
+from subtune.compiler.memory import peak_rss_mib, return_freed_memory
 from subtune.compiler.plan import Plan
 from subtune.compiler.schedule import Fork, schedule_streams
 from subtune.compiler.verify import MASKS, checks_to_json, verify
@@ -71,6 +71,10 @@ class CompileOptions:
     # A second input `tasks` ([batch, k] bool): each image computes the base plus only the tasks it asks
     # for; a task's output is NaN in the rows that did not ask for it (lower.py, TaskSelectModel)
     task_select: bool = False
+    # Fold the task blocks' BatchNorms into their convolutions while lowering (compiler/fold.py): the
+    # graph is the same (the ONNX optimizer folds what is left), and each task's weights are in
+    # memory once. False keeps the lowered module as the tasks define it (the torch benchmarks).
+    fold_batch_norm: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ def compile_plan(plan: Plan, options: CompileOptions | None = None, until: str |
         start = time.perf_counter()
         step.run(plan, options)
         timings[step.name] = round(time.perf_counter() - start, 3)
+        if (peak := peak_rss_mib()) is not None:
+            plan.report.setdefault("peak_rss_mib", {})[step.name] = peak
         unset = [f for f in step.writes if getattr(plan, f) is None]
         if unset:
             raise RuntimeError(f"internal error: compile step {step.name!r} left plan.{', plan.'.join(unset)} unset")
@@ -194,7 +200,8 @@ def lower(plan: Plan, options: CompileOptions) -> None:
     base_model, backbone = plan.base.build()  # a fresh copy: the module owns it
     plan.backbone = backbone
     lowering = TaskSelectModel if options.task_select else MultiTaskModel
-    plan.module = lowering(base_model, backbone, plan.tasks, plan.schedule).eval()
+    plan.module = lowering(base_model, backbone, plan.tasks, plan.schedule,
+                           fold_batch_norm=options.fold_batch_norm).eval()
 
 
 def export(plan: Plan, options: CompileOptions) -> None:
@@ -271,9 +278,13 @@ def verify_plan(plan: Plan, options: CompileOptions) -> None:
                         "the base against the base alone, within the tolerance, and bit for bit the same under every mask",
                         "NaN in a task's output exactly where its column of the mask is false"]}
     try:
-        with contextlib.ExitStack() as stack:
-            model = stack.enter_context(onnx_on_disk(plan.onnx)) if needs_external_data(plan.onnx) else serialize(plan)
-            checks = verify(model, base_model, backbone, plan.tasks, plan.output_names, input_size=plan.input_size,
+        # ONNX Runtime loads the graph from a file while plan.onnx's weights wait on disk, and the lowered
+        # module, whose tensors the exported graph shared, gives its weights up (it keeps its structure, on
+        # the meta device): the runtime's copy is the only one in memory (a 100-task graph has 3 GB)
+        with weights_on_disk(plan.onnx, plan.scratch_dir) as path:
+            plan.module = plan.module.to("meta") if plan.module is not None else None
+            return_freed_memory()
+            checks = verify(path, base_model, backbone, plan.tasks, plan.output_names, input_size=plan.input_size,
                             batches=batches, tolerance=options.tolerance, seed=options.seed,
                             task_select=options.task_select)
     except VerificationError as e:  # the report keeps the failing table
@@ -324,7 +335,9 @@ def verify_precision(plan: Plan, options: CompileOptions) -> None:
         def loadable(graph: ir.Model | None):  # a graph over 2 GiB is checked from a temporary file
             if graph is None:
                 return None
-            return stack.enter_context(onnx_on_disk(graph)) if needs_external_data(graph) else onnx_bytes(graph)
+            if not needs_external_data(graph):
+                return onnx_bytes(graph)
+            return stack.enter_context(weights_on_disk(graph, plan.scratch_dir))
 
         plan.report["precision"]["verification"] = verify_reduced(
             loadable(plan.fp32_onnx), loadable(plan.onnx), loadable(plan.base_only_onnx), plan.calibration,

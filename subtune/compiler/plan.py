@@ -23,10 +23,11 @@ class Plan:
     tasks: list[TaskDelta]
     input_size: tuple[int, int] | None = None  # (H, W); None: from tasks' preprocessing or the adapter
     export_batch: int = 2  # torch.export specialises sizes 0 and 1, so export at 2 and verify elsewhere
+    scratch_dir: str | None = None  # where the graph's weights go while it is verified (None: the system's temp dir)
     # Filled in by passes:
     backbone: "Backbone | None" = None
     schedule: "Schedule | None" = None
-    module: "nn.Module | None" = None
+    module: "nn.Module | None" = None  # verify moves it to the meta device: the graph holds the weights
     onnx: "ir.Model | None" = None
     report: dict[str, Any] = field(default_factory=dict)
     # --precision fp16/int8 (subtune/quantization):
