@@ -8,8 +8,8 @@ from subtune.commands.flag_values import IMAGE_SIZE_HELP, image_size, int_list, 
 
 ENGINE_SUFFIXES = (".plan", ".engine")
 PRECISION_FLAGS = ("calibration", "calibration_size", "calibration_method", "int8_target", "max_accuracy_drop",
-                   "min_agreement", "check_size", "max_fallback", "allow_slower")
-INT8_FLAGS = ("calibration_method", "int8_target", "max_fallback", "allow_slower")
+                   "min_agreement", "check_size", "max_fallback", "sensitivity", "allow_slower")
+INT8_FLAGS = ("calibration_method", "int8_target", "max_fallback", "sensitivity", "allow_slower")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,6 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-fallback", type=int, metavar="K",
                    help="int8: keep at most K layers in fp32 to meet the targets (default: half of the quantised "
                         "layers; 0: plain int8)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="int8: measure every layer's sensitivity (the report's table, model.sensitivity.png) even when "
+                        "plain int8 meets every target; without it, only when a fallback is searched (minutes for "
+                        "ResNet-50)")
     p.add_argument("--task-select", action="store_true",
                    help="give the graph a second input `tasks` (bool [batch, k], one column per task in output order): "
                         "each image computes the base plus only the tasks it asks for; a task's output is NaN in the "
@@ -193,6 +197,6 @@ def _precision_options(args: argparse.Namespace):
     return PrecisionOptions(args.precision, args.calibration, args.calibration_size, args.calibration_method,
                             args.int8_target, args.min_agreement, args.max_accuracy_drop, check_size=args.check_size,
                             max_fallback=args.max_fallback, fallback=args.max_fallback != 0,
-                            allow_slower=args.allow_slower,
+                            sensitivity=args.sensitivity, allow_slower=args.allow_slower,
                             sensitivity_plot=str(out.with_suffix(".sensitivity.png"))
                             if args.precision == "int8" else None)

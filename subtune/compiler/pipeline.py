@@ -16,9 +16,10 @@
                a CPU-only user sees their graph verified first; --no-tensorrt-check skips it)
   with --precision fp16/int8 (subtune/quantization):
     load calibration data   right after validate, so a bad --calibration fails before the slow steps
-    quantize   INT8 in QDQ form with the base's ranges pinned, or FP16
+    quantize   INT8 in QDQ form with the base's ranges pinned, or FP16; INT8 that misses a target on
+               held-out images gets layer sensitivity and fp32 fallback until each output meets it
     verify precision        the reduced graph vs the fp32 graph on held-out images (the data's test
-                            split), with layer sensitivity and fp32 fallback until each output meets its target
+                            split), reusing the runs quantize made on them
     check      TensorRT parser compatibility again, QDQ placement included
   and last:
     record verification     `subtune.verified` (and what was checked) in the ONNX metadata
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Callable
 import onnx_ir as ir
 import torch
 
-from subtune.compiler.export import export_onnx, needs_external_data, onnx_bytes, weight_bytes, weights_on_disk
+from subtune.compiler.export import export_onnx, needs_external_data, onnx_bytes, weights_on_disk
 from subtune.compiler.lower import MultiTaskModel, TaskSelectModel
 from subtune.compiler.memory import peak_rss_mib, return_freed_memory
 from subtune.compiler.plan import Plan
@@ -277,11 +278,7 @@ def clean_up(plan: Plan, options: CompileOptions) -> None:
     )
     plan.onnx = passes(plan.onnx).model
     if needs_external_data(plan.onnx):
-        plan.report["external_data"] = True
-        if options.precision is not None:  # quantisation serialises the graph in one message
-            raise SubtuneError(f"--precision {options.precision.precision} on a graph over 2 GiB "
-                               f"({weight_bytes(plan.onnx) / 2**30:.2f} GiB of fp32 weights) is not supported: "
-                               "compile fewer tasks per graph, or in fp32")
+        plan.report["external_data"] = True  # --precision: quantised from a file (subtune/quantization/files.py)
 
 
 def _metadata(plan: Plan, options: CompileOptions) -> dict[str, object]:
@@ -386,10 +383,17 @@ def quantize(plan: Plan, options: CompileOptions) -> None:
 def verify_precision(plan: Plan, options: CompileOptions) -> None:
     from subtune.quantization import verify_reduced
 
-    base_only = ir.to_proto(plan.base_only_onnx).SerializeToString() if plan.base_only_onnx is not None else None
-    plan.report["precision"]["verification"] = verify_reduced(
-        ir.to_proto(plan.fp32_onnx).SerializeToString(), serialize(plan), base_only, plan.calibration,
-        plan.output_names, plan.tasks, options.precision)
+    with contextlib.ExitStack() as stack:
+        def loadable(graph: ir.Model | None):  # a graph over 2 GiB is checked from a temporary file
+            if graph is None:
+                return None
+            if not needs_external_data(graph):
+                return onnx_bytes(graph)
+            return stack.enter_context(weights_on_disk(graph, plan.scratch_dir))
+
+        plan.report["precision"]["verification"] = verify_reduced(
+            loadable(plan.fp32_onnx), loadable(plan.onnx), loadable(plan.base_only_onnx), plan.calibration,
+            plan.output_names, plan.tasks, options.precision)
     if options.precision.sensitivity_plot and "mixed" in plan.report["precision"]:
         from subtune.quantization.plot import plot_sensitivity
 

@@ -4,23 +4,30 @@
     calibration.py   calibration images (the trainer's --data forms) and tensor ranges on them
     heldout.py       the check images: the data's test split, labels per output (a task's label map)
     int8.py          static post-training quantisation into QDQ form, the base's ranges pinned
-    mixed.py         layer sensitivity, and the most sensitive layers kept in fp32 until every
-                     output meets its target on the check images
+    fallback.py      the units of a QDQ graph, and the surgery that computes some of them in fp32
+    sensitivity.py   each unit's error quantised alone: one graph for all units, or a session each
+    mixed.py         plain INT8 judged first; when it fails, the most sensitive layers kept in fp32
+                     until every output meets its target on the check images
     fp16.py          fp16 conversion, graph I/O and numerically sensitive ops kept in fp32
     compare.py       the reduced graph against its fp32 graph, and the thresholds that fail a compile
+    files.py         graphs as ONNX Runtime loads them: bytes, or a file with external data over 2 GiB
     timing.py        a quick latency check against fp32 for the report
     plot.py          the sensitivity table and PNG, the compile summary
 
 The central property: adding tasks never changes the base output of an INT8 graph, mixed or not
 (int8.py and mixed.py say how, compare.py checks it on every compile). The compiler runs this
 package as three steps (compiler/pipeline.py): load calibration (and check) data, quantize (with
-sensitivity and fallback), verify precision. ONNX Runtime is imported only when a step runs.
+sensitivity and fallback where plain INT8 misses a target), verify precision (which reuses the
+runs quantize made on the check images: compare.check_outputs). ONNX Runtime is imported only
+when a step runs.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -73,7 +80,9 @@ class PrecisionOptions:
     fallback: bool = True  # int8: keep the most sensitive layers in fp32 until every output meets its target
     max_fallback: int | None = None  # at most this many layers in fp32; None: half of the quantised layers
     sensitivity_images: int = 64  # check images each layer's sensitivity is measured on
-    sensitivity: bool = True  # int8: measure every layer's sensitivity even when no fallback is needed
+    # int8: measure every layer's sensitivity even when plain int8 meets every target (the table and its PNG; a few
+    # minutes for ResNet-50). Without it, sensitivity is measured only when a fallback is searched (mixed.py).
+    sensitivity: bool = False
     engine: bool = False  # the graph is for a TensorRT engine (resolves --int8-target auto)
     int8_target_reason: str = ""
     measure_latency: bool = True  # time fp32 vs the reduced graph on ONNX Runtime CPU (a quick check, not a bench)
@@ -208,37 +217,52 @@ def reduce_precision(model: ir.Model, options: PrecisionOptions, calibration: Ca
     return reduced
 
 
-def verify_reduced(fp32: bytes, reduced: bytes, base_only: bytes | None, calibration: CalibrationSet,
-                   output_names: list[str], tasks, options: PrecisionOptions) -> dict:
-    """Compare with fp32 on the held-out check images; raise VerificationError past a threshold."""
-    from subtune.quantization.compare import agreement, check_base_pinned, check_thresholds, run_batches
+def verify_reduced(fp32: bytes | Path, reduced: bytes | Path, base_only: bytes | Path | None,
+                   calibration: CalibrationSet, output_names: list[str], tasks, options: PrecisionOptions) -> dict:
+    """Compare with fp32 on the held-out check images; raise VerificationError past a threshold.
+    Graphs are serialized, or files (with external data beside them, for a graph over 2 GiB)."""
+    from subtune.quantization.compare import agreement, check_base_pinned, check_outputs, check_thresholds, run_batches
 
     emulate = options.precision == "int8" and options.int8_target == "tensorrt"  # compare.py says why
     check = calibration.check or calibration_as_check(calibration, tasks)
     images = check.images
-    gots = run_batches(reduced, images, output_names, emulate_qdq=emulate)
-    rows = agreement(run_batches(fp32, images, output_names), gots, output_names, check.labels)
+    names = list(output_names) if "base" in output_names or base_only is None else [*output_names, "base"]
+    # outputs of graphs quantize already ran on these images (the fp32 graph, the INT8 graph it settled on) are
+    # reused: check_outputs keys them by what the graph computes
+    clock = time.perf_counter
+    start = clock()
+    refs, fp32_reused = check_outputs(check, fp32, output_names)
+    gots, reduced_reused = check_outputs(check, reduced, names, emulate_qdq=emulate)
+    rows = agreement(refs, gots, output_names, check.labels)
+    seconds = {"outputs": round(clock() - start, 3)}
     report = {"images": check.source, "held_out": check.held_out, "check_images": len(images),
               "runtime": "ONNX Runtime CPU" + (", QDQ run as written (TensorRT's arithmetic)" if emulate else ""),
               "min_agreement": options.min_agreement, "max_accuracy_drop": options.max_accuracy_drop,
-              "outputs": [r.to_json() for r in rows]}
+              "outputs": [r.to_json() for r in rows],
+              "outputs_computed_by_quantize": [k for k, reused in (("fp32", fp32_reused),
+                                                                  (options.precision, reduced_reused)) if reused]}
     if options.precision == "fp16":
         report["fp16_tolerance"] = options.fp16_tolerance
     if base_only is not None:
-        pinned = [images, calibration.images] if check.images is not calibration.images else [images]
-        diff = 0.0
-        for batch_images in pinned:
-            (with_tasks,) = run_batches(reduced, batch_images, ["base"], emulate_qdq=emulate)
-            (alone,) = run_batches(base_only, batch_images, ["base"], emulate_qdq=emulate)
+        with_tasks = gots[names.index("base")]
+        (alone,) = run_batches(base_only, images, ["base"], emulate_qdq=emulate)
+        diff = float(np.abs(with_tasks - alone).max())
+        if check.images is not calibration.images:
+            (with_tasks,) = run_batches(reduced, calibration.images, ["base"], emulate_qdq=emulate)
+            (alone,) = run_batches(base_only, calibration.images, ["base"], emulate_qdq=emulate)
             diff = max(diff, float(np.abs(with_tasks - alone).max()))
         report["base_output_vs_base_only"] = {"max_abs_difference": diff}
+        seconds["base_pinned"] = round(clock() - start - seconds["outputs"], 3)
         check_base_pinned(diff)
     if options.measure_latency:
         from subtune.quantization.timing import latency_ratios
 
+        start = clock()
         report["latency"] = lat = latency_ratios(fp32, reduced, images, emulate_qdq=emulate)
         ratios = [v["ratio"] for k, v in lat.items() if k.startswith("batch_")]
         lat["faster_than_fp32"] = all(r < 1 for r in ratios)
+        seconds["latency"] = round(clock() - start, 3)
+    report["seconds"] = seconds
     check_thresholds(rows, options.precision, **options.limits)
     if options.measure_latency:
         check_faster(report["latency"], options)

@@ -118,12 +118,14 @@ def tensor_ranges(model: ir.Model, images: np.ndarray, method: str, *, symmetric
                 return None
             return {"images": batch, **{name: np.ones((len(batch), k), dtype=bool) for name, k in masks.items()}}
 
+    from subtune.quantization.files import save, too_large
+
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static would calibrate
     with tempfile.TemporaryDirectory(prefix="subtune-calib-") as tmp, quiet_onnxruntime_quantization():
-        path = Path(tmp) / "model.onnx"
-        ir.save(model, path)
+        path = save(model, Path(tmp) / "model.onnx")
         calibrator = create_calibrator(path, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=method_enum(method), extra_options={"symmetric": symmetric})
+                                       calibrate_method=method_enum(method), extra_options={"symmetric": symmetric},
+                                       use_external_data_format=too_large(model))
         starts = range(0, len(images), CALIBRATION_BATCH)
         for start in tqdm(starts, desc=desc, unit="batch", file=sys.stderr, disable=not sys.stderr.isatty(),
                           leave=False):

@@ -11,6 +11,9 @@ runs; a --task-select graph with every task asked for on every image), per outpu
   relative_logit_error mean over images of ||reduced - fp32|| / ||fp32||
   accuracy             at both precisions, for outputs the check labels apply to
 
+Each graph runs once per check set (`check_outputs`): quantize's runs of the fp32 graph and of
+the INT8 graph it settles on are what verify precision judges.
+
 Which arithmetic is checked: a `--int8-target cpu` graph runs on ONNX Runtime's own int8 kernels,
 as it will be deployed. A `tensorrt` graph runs with ONNX Runtime's QDQ fusion off (EMULATE_QDQ):
 each DequantizeLinear -> op -> QuantizeLinear in float, which is the graph's arithmetic as
@@ -28,12 +31,15 @@ Thresholds fail the compile (defaults in PrecisionOptions, with the figures behi
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from subtune.errors import VerificationError
 from subtune.quantization.calibration import CalibrationSet
+from subtune.quantization.heldout import CheckSet
 from subtune.runtimes.onnxruntime import every_task_feeds, make_session
 
 EVAL_BATCH = 16
@@ -96,12 +102,56 @@ def labelled_outputs(tasks, data: CalibrationSet) -> set[str]:
             and (t.classes == data.classes if t.classes else t.num_classes == len(data.classes))}
 
 
-def run_batches(model: bytes, images: np.ndarray, output_names: list[str], *,
+def run_batches(model: bytes | Path, images: np.ndarray, output_names: list[str], *,
                 emulate_qdq: bool = False) -> list[np.ndarray]:
     session = make_session(model, config=dict([EMULATE_QDQ]) if emulate_qdq else None)
     parts = [session.run(output_names, every_task_feeds(session, images[i:i + EVAL_BATCH]))
              for i in range(0, len(images), EVAL_BATCH)]
     return [np.concatenate([p[k] for p in parts]).astype(np.float32) for k in range(len(output_names))]
+
+
+def graph_digest(model: bytes | Path) -> str:
+    """What a graph computes, as a digest, however it is stored: its nodes and every weight's
+    bytes (inline, or in the external data files of a graph on disk, wherever they sit there),
+    without the model's metadata (which changes no output: the compiler attaches it after
+    quantising)."""
+    import onnx
+
+    proto = onnx.load(model, load_external_data=False) if isinstance(model, Path) else onnx.ModelProto.FromString(model)
+    del proto.metadata_props[:]
+    digest = hashlib.sha256()
+    files: dict[str, object] = {}
+    try:
+        for tensor in proto.graph.initializer:
+            digest.update(tensor.name.encode() + b"\0")
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                where = {e.key: e.value for e in tensor.external_data}
+                f = files.get(where["location"]) or files.setdefault(where["location"],
+                                                                     open(model.parent / where["location"], "rb"))
+                f.seek(int(where.get("offset", 0)))
+                digest.update(f.read(int(where.get("length", -1))))
+                del tensor.external_data[:]
+                tensor.ClearField("data_location")
+            else:
+                digest.update(tensor.raw_data)
+            tensor.ClearField("raw_data")
+    finally:
+        for f in files.values():
+            f.close()
+    digest.update(proto.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def check_outputs(check: CheckSet, model: bytes | Path, output_names: list[str], *,
+                  emulate_qdq: bool = False) -> tuple[list[np.ndarray], bool]:
+    """`run_batches` on all the check images, run once per graph and arithmetic: quantize (mixed.py)
+    and verify precision judge the same fp32 graph, and the INT8 graph quantize settled on, on the
+    same images. Returns the outputs and whether they were computed by an earlier call."""
+    runs = check.outputs.setdefault((graph_digest(model), emulate_qdq), {})
+    missing = [name for name in output_names if name not in runs]
+    if missing:
+        runs.update(zip(missing, run_batches(model, check.images, missing, emulate_qdq=emulate_qdq)))
+    return [runs[name] for name in output_names], not missing
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -16,12 +16,15 @@ verification uses; speed is for the GPU runtimes.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
+import onnx
 import onnx_ir as ir
 
 from subtune.passes.record_stream_roles import FILL_PREFIX, ROLE_KEY, TASK_PREFIX
 from subtune.quantization.calibration import quiet_onnxruntime_quantization
+from subtune.quantization.files import on_disk, too_large
 
 FP32_OPS = ["LayerNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization",
             "ReduceMean", "Softmax"]
@@ -30,13 +33,19 @@ FP32_OPS = ["LayerNormalization", "GroupNormalization", "InstanceNormalization",
 def convert_fp16(model: ir.Model) -> tuple[ir.Model, dict]:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    proto = ir.to_proto(model)
-    heads = sorted(_heads(proto.graph))
-    with warnings.catch_warnings(), quiet_onnxruntime_quantization():
+    with contextlib.ExitStack() as stack:
+        if too_large(model):  # as a file, its weights as external data, which the converter shape-infers from
+            path = stack.enter_context(on_disk(model))
+            source, structure = str(path), onnx.load(path, load_external_data=False)
+        else:
+            source = structure = ir.to_proto(model)
+        heads = sorted(_heads(structure.graph))
+        stack.enter_context(warnings.catch_warnings())
+        stack.enter_context(quiet_onnxruntime_quantization())
         warnings.simplefilter("ignore")  # value-range notes about weights rounded to fp16
-        converted = convert_float_to_float16(proto, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS,
-                                             node_block_list=heads)
-    kept = sorted({n.op_type for n in proto.graph.node if n.op_type in FP32_OPS})
+        converted = convert_float_to_float16(source, keep_io_types=True,
+                                             op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS, node_block_list=heads)
+    kept = sorted({n.op_type for n in model.graph if n.op_type in FP32_OPS})
     report = {"scheme": {"weights": "fp16", "activations": "fp16", "graph_io": "fp32 (Cast at the boundary)",
                          "kept_fp32": {"ops": kept, "heads": heads}}}
     return ir.from_proto(converted), report

@@ -33,6 +33,8 @@ class CheckSet:
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # output -> int64 (N,), -1: not that output's class
     source: str = "images given in code"
     held_out: bool = False  # disjoint from the calibration images and from the tasks' training data
+    # graph outputs on these images, computed once per graph (compare.check_outputs)
+    outputs: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         self.images = np.ascontiguousarray(self.images, dtype=np.float32)

@@ -32,6 +32,7 @@ Pinning, so that adding tasks never changes the base output:
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ import onnx_ir as ir
 from subtune.quantization.base_stream import base_path, extract_base_stream, is_merge
 from subtune.quantization.calibration import (CalibrationSet, method_enum, quiet_onnxruntime_quantization,
                                               tensor_ranges)
+from subtune.quantization.files import load_into_memory, save, too_large
 
 QDQ_OPTIONS = {
     "WeightSymmetric": True,
@@ -76,15 +78,19 @@ class Int8Graphs:
 def quantize_int8(model: ir.Model, calibration: CalibrationSet, method: str = "minmax",
                   target: str = "tensorrt") -> Int8Graphs:
     spec = TARGETS[target]
+    clock = time.perf_counter
+    start = clock()
     stream = extract_base_stream(model)
     base_ranges = tensor_ranges(stream.model, calibration.images, method, symmetric=spec.symmetric,
                                 desc="calibrating the base")
     alone = len(model.graph.outputs) == 1  # no tasks: the graph is its own base stream
     graph_ranges = base_ranges if alone else tensor_ranges(model, calibration.images, method, symmetric=spec.symmetric,
                                                            desc="calibrating the tasks")
+    calibrated = clock()
     ranges, pinned = pin_base_ranges(graph_ranges, base_ranges, stream.aliases, base_path(model))
     quantised = quantize_qdq(model, ranges, method, spec)
     base_only = quantised if alone else quantize_qdq(stream.model, _bounds(base_ranges), method, spec)
+    seconds = {"calibration": round(calibrated - start, 3), "quantize_static": round(clock() - calibrated, 3)}
     scheme = {"target": target, "format": "QDQ (QuantizeLinear/DequantizeLinear)", "activations": spec.activations,
               "weights": f"int8{' in a 7-bit range' if spec.reduce_range else ''}, per output channel, symmetric",
               "biases": "float", "outputs": "float",
@@ -93,7 +99,7 @@ def quantize_int8(model: ir.Model, calibration: CalibrationSet, method: str = "m
                                                 "method": method},
               "tensors": {"calibrated": len(ranges), "pinned_to_base": len(pinned),
                           "task_calibrated": len(ranges) - len(pinned)},
-              "merges": merge_ranges(model, ranges, graph_ranges)}
+              "merges": merge_ranges(model, ranges, graph_ranges), "seconds": seconds}
     return Int8Graphs(quantised, base_only, report)
 
 
@@ -127,11 +133,15 @@ def quantize_qdq(model: ir.Model, ranges: dict[str, tuple[float, float]], method
     with tempfile.TemporaryDirectory(prefix="subtune-int8-") as tmp, quiet_onnxruntime_quantization():
         cache, out = Path(tmp) / "ranges.json", Path(tmp) / "int8.onnx"
         save_tensors_data(data, cache)
-        quantize_static(ir.to_proto(model), out, None, quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=target.reduce_range, activation_type=getattr(QuantType, target.activation_type),
-                        weight_type=QuantType.QInt8, calibrate_method=method_id, calibration_cache_path=cache,
+        # from a file: quantize_static would otherwise copy the proto and write it out itself, and a graph over
+        # 2 GiB only goes this way (its weights as external data)
+        quantize_static(save(model, Path(tmp) / "fp32.onnx"), out, None, quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=target.reduce_range,
+                        activation_type=getattr(QuantType, target.activation_type), weight_type=QuantType.QInt8,
+                        calibrate_method=method_id, calibration_cache_path=cache,
+                        use_external_data_format=too_large(model),
                         extra_options={**QDQ_OPTIONS, "ActivationSymmetric": target.symmetric})
-        quantised = ir.load(out)
+        quantised = load_into_memory(out)
     quantised.graph.name = model.graph.name
     return quantised
 

@@ -1,22 +1,20 @@
-"""Accuracy-aware mixed precision: layer sensitivity, and the fewest layers kept in fp32 that meet
-every output's target.
+"""Accuracy-aware mixed precision: the fewest layers kept in fp32 that meet every output's target.
 
-A *unit* is a node of the QDQ graph that computes (Conv, Gemm, MatMul, Add, Mul, ...) and reads
-at least one DequantizeLinear output. Falling a unit back (`fall_back`) makes it compute in fp32:
-each of its DequantizeLinear inputs is replaced by the float tensor behind it, the float weight
-for a quantised weight and the QuantizeLinear's input for an activation. What it writes is still
-quantised for the units after it that stay in int8, so a fallback removes exactly the error that
-unit's own quantisation adds. Q/DQ pairs left without readers go.
+Units and the fallback surgery are fallback.py's; layer sensitivity is sensitivity.py's.
 
-Sensitivity of a unit: the graph with only that unit quantised (every other node fallen back),
-against fp32 on the first `sensitivity_images` check images: the relative logit error of each
-output (compare.py). Data movement (Reshape, Concat, Slice, ...) and activations (Relu, Clip)
-are not units; they keep their Q/DQ in mixed graphs and lose them in the one-unit graphs.
+The plain INT8 graph is judged first, on the check images against fp32 (the same runs verify
+precision then reuses: compare.check_outputs). When every output meets its target, that is the
+graph: no sensitivity is measured and no fallback searched (unless `options.sensitivity` asks
+for the table). Otherwise the sensitivity of the units that reach a failing output is measured
+on those outputs, and the greedy runs.
 
 Greedy (`choose_fallback`): while an output misses its target on the check images, fall back the
 units that add most error to the failing outputs (sensitivity divided by that output's error in
 the all-int8 graph, summed over the failing outputs), 1, 1, 2, 2, 4, 4, ... at a time, up to
 `max_fallback` units; units that do not touch a failing output are never chosen.
+
+What the search cost (seconds, sessions, evaluations) goes into the report's `mixed.cost` and
+the log.
 
 Pinning survives (int8.py): the base-only graph falls back the same nodes (those it has), so
 each base-path tensor is still quantised with the same scale in both graphs or in neither, and a
@@ -27,147 +25,36 @@ base output with tasks against the base-only graph's, bit for bit, for mixed gra
 from __future__ import annotations
 
 import logging
-import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from subtune.quantization.base_stream import base_path
-from subtune.quantization.compare import OutputAgreement, compare_output, run_batches
+from subtune.quantization.compare import OutputAgreement, agreement, check_outputs
+from subtune.quantization.fallback import Unit, fall_back, float_weights, quantised_units
+from subtune.quantization.files import runnable, too_large, weight_bytes
+from subtune.quantization.sensitivity import (NotOneGraph, Sensitivity, sensitivity_one_graph,
+                                              sensitivity_per_session)
 
 log = logging.getLogger(__name__)
 
-NOT_UNITS = {"QuantizeLinear", "DequantizeLinear", "Reshape", "Gather", "Squeeze", "Unsqueeze", "Slice", "Transpose",
-             "Flatten", "Concat", "Split", "Identity", "Expand", "Relu", "Clip", "MaxPool"}
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-QUANTISED_SUFFIX = "_quantized"  # ONNX Runtime's name for a weight's int8 initializer
 
-
-@dataclass
-class Unit:
-    node: str
-    op_type: str
-    label: str  # the weight it reads (readable: base.blocks.5.0.conv_dw.weight), else the node name
-    base_path: bool  # the base output depends on it
-
-    def to_json(self) -> dict:
-        return {"node": self.node, "op_type": self.op_type, "label": self.label, "base_path": self.base_path}
-
-
-def _dq_source(value: ir.Value | None) -> ir.Node | None:
-    node = value.producer() if value is not None else None
-    return node if node is not None and node.op_type == "DequantizeLinear" else None
-
-
-def quantised_units(model: ir.Model) -> list[Unit]:
-    """The units of a QDQ graph, in graph order."""
+def layer_sensitivity(quantised: ir.Model, weights, units: list[Unit], refs, images, names: list[str],
+                      outputs: list[str], *, emulate_qdq: bool) -> Sensitivity:
+    """sensitivity.py's one graph, or one session per unit where the one graph cannot be built."""
+    start = time.perf_counter()
     try:
-        on_base = base_path(model)
-    except ValueError:
-        on_base = set()
-    units = []
-    for node in model.graph:
-        if node.op_type in NOT_UNITS or not any(_dq_source(v) for v in node.inputs):
-            continue
-        weights = [dq.inputs[0].name.removesuffix(QUANTISED_SUFFIX) for v in node.inputs
-                   if (dq := _dq_source(v)) is not None and dq.inputs[0].is_initializer()]
-        units.append(Unit(node.name, node.op_type, weights[0] if weights else node.name,
-                          any(o.name in on_base for o in node.outputs)))
-    return units
-
-
-def float_weights(fp32: ir.Model) -> dict[str, ir.TensorProtocol]:
-    return {name: v.const_value for name, v in fp32.graph.initializers.items() if v.const_value is not None}
-
-
-def fall_back(model: ir.Model, weights: dict[str, ir.TensorProtocol], nodes: set[str],
-              protected: set[str] | frozenset = frozenset()) -> ir.Model:
-    """A copy of the QDQ `model` where the nodes named `nodes` compute in fp32 (module docstring).
-
-    An input that is a data-movement or activation node's output (a merge's Concat, a Clip) is
-    followed back: that node reads float too, so the fallen-back node sees no quantisation of its
-    input at all, and a shared layer after a merge reads the base rows as the base-only graph's
-    copy of it does (which has no merge): the pinning property holds by construction.
-
-    `protected`: names of base-path values (base_stream.base_path). A node off the base path (a
-    task's layer) keeps reading a protected value through its Q/DQ pair (only its weights go
-    float): otherwise the base tensor would gain a float reader in the multi-task graph only, and
-    ONNX Runtime's fused uint8 kernels would then round the base rows differently there."""
-    out = model.clone()
-    graph = out.graph
-    by_name = {n.name: n for n in graph}
-    stack = [by_name[name] for name in nodes if name in by_name]
-    done: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if id(node) in done:
-            continue
-        done.add(id(node))
-        for i, value in enumerate(node.inputs):
-            dq = _dq_source(value)
-            if dq is None:
-                continue
-            source = dq.inputs[0]
-            if source.is_initializer() or source.const_value is not None:
-                name = source.name.removesuffix(QUANTISED_SUFFIX)
-                if name not in weights:
-                    continue  # a constant quantised as it was written: nothing float behind it
-                if name not in graph.initializers:
-                    tensor = weights[name]
-                    graph.register_initializer(ir.Value(name=name, shape=ir.Shape(tensor.shape),
-                                                        type=ir.TensorType(tensor.dtype), const_value=tensor))
-                node.replace_input_with(i, graph.initializers[name])
-                continue
-            q = source.producer()
-            if q is None or q.op_type != "QuantizeLinear":
-                continue  # an int8 graph input: nothing float behind it
-            if q.inputs[0].name in protected and not any(o.name in protected for o in node.outputs):
-                continue
-            node.replace_input_with(i, q.inputs[0])
-            behind = q.inputs[0].producer()
-            if behind is not None and behind.op_type in NOT_UNITS and behind.op_type not in QDQ_OPS:
-                stack.append(behind)
-    RemoveUnusedNodesPass()(out)
-    return out
-
-
-def serialize(model: ir.Model) -> bytes:
-    return ir.to_proto(model).SerializeToString()
-
-
-@dataclass
-class Evaluator:
-    """Runs candidate graphs on the check images against fp32 outputs computed once."""
-    refs: list[np.ndarray]
-    images: np.ndarray
-    output_names: list[str]
-    labels: dict[str, np.ndarray]
-    emulate_qdq: bool
-    runs: int = 0
-
-    def rows(self, model: ir.Model, count: int | None = None) -> list[OutputAgreement]:
-        self.runs += 1
-        images = self.images if count is None else self.images[:count]
-        gots = run_batches(serialize(model), images, self.output_names, emulate_qdq=self.emulate_qdq)
-        return [compare_output(name, ref[:len(images)], got, None if count is not None else self.labels.get(name))
-                for name, ref, got in zip(self.output_names, self.refs, gots)]
-
-
-def sensitivity(model: ir.Model, weights, units: list[Unit], evaluator: Evaluator, images: int) -> list[dict]:
-    """Each unit quantised alone: relative logit error per output on the first `images` check images."""
-    from tqdm import tqdm
-
-    every = {n.name for n in model.graph}
-    rows = []
-    for unit in tqdm(units, desc="layer sensitivity", unit="layer", file=sys.stderr, disable=not sys.stderr.isatty(),
-                     leave=False):
-        alone = fall_back(model, weights, every - {unit.node})
-        errors = {r.output: r.relative_logit_error for r in evaluator.rows(alone, images)}
-        rows.append({**unit.to_json(), "relative_logit_error": errors, "max_error": max(errors.values())})
-    return rows
+        result = sensitivity_one_graph(quantised, weights, units, images, outputs, emulate_qdq=emulate_qdq)
+    except NotOneGraph as e:
+        log.warning("layer sensitivity: one session per layer (%d sessions), as the one-graph form does not apply: %s",
+                    len(units), e)
+        result = sensitivity_per_session(quantised, weights, units, refs, images, names, outputs,
+                                         emulate_qdq=emulate_qdq)
+        result.note = str(e)
+    result.seconds = round(time.perf_counter() - start, 3)
+    return result
 
 
 @dataclass
@@ -178,11 +65,13 @@ class FallbackResult:
     history: list[dict] = field(default_factory=list)
 
 
-def choose_fallback(units: list[Unit], sens: list[dict], evaluate: Callable[[list[str]], list[OutputAgreement]],
+def choose_fallback(units: list[Unit], sens: list[dict], plain: list[OutputAgreement],
+                    evaluate: Callable[[list[str]], list[OutputAgreement]],
                     passes: Callable[[OutputAgreement], bool], max_fallback: int) -> FallbackResult:
-    """The greedy of the module docstring; `evaluate(nodes)` gives the rows with `nodes` in fp32."""
+    """The greedy of the module docstring, from the plain graph's rows (`plain`); `evaluate(nodes)`
+    gives the rows with `nodes` in fp32."""
     chosen: list[str] = []
-    rows = evaluate(chosen)
+    rows = plain
     full = {r.output: max(r.relative_logit_error or 0.0, 1e-12) for r in rows}
     by_node = {s["node"]: s["relative_logit_error"] for s in sens}
     history = [{"fallback": 0, "failing": [r.output for r in rows if not passes(r)],
@@ -211,40 +100,130 @@ def _summary(row: OutputAgreement) -> dict:
 
 def mixed_int8(fp32: ir.Model, quantised: ir.Model, base_only: ir.Model, check, options) -> tuple[
         ir.Model, ir.Model, dict]:
-    """Sensitivity of every unit, then the greedy fallback (when `options.fallback`). Returns the
-    multi-task graph, the base-only graph with the same fallbacks, and the report."""
+    """The plain graph judged, then (when it fails, or `options.sensitivity` asks) the layer
+    sensitivity, then (when it fails and `options.fallback`) the greedy. Returns the multi-task
+    graph, the base-only graph with the same fallbacks, and the report."""
+    clock = time.perf_counter
     emulate = options.int8_target == "tensorrt"
     names = [v.name for v in fp32.graph.outputs]
-    refs = run_batches(serialize(fp32), check.images, names)
-    evaluator = Evaluator(refs, check.images, names, check.labels, emulate)
-    weights = float_weights(fp32)
-    units = quantised_units(quantised)
-    report: dict = {"units": len(units), "check": check.to_json()}
-    sens = sensitivity(quantised, weights, units, evaluator, min(options.sensitivity_images, len(check.images)))
-    report["sensitivity"] = {"images": min(options.sensitivity_images, len(check.images)),
-                             "metric": "relative logit error per output, the unit alone quantised",
-                             "layers": sorted(sens, key=lambda s: -s["max_error"])}
-    if not options.fallback:
-        return quantised, base_only, report
-    limit = len(units) // 2 if options.max_fallback is None else min(options.max_fallback, len(units))
+    cost: dict = {}
+    start = clock()
+    with runnable(fp32) as source:
+        refs, _ = check_outputs(check, source, names)  # verify precision reuses these
+    cost["fp32_reference_seconds"] = round(clock() - start, 3)
+    evaluations = 0
+    previous: set = set()
+
+    def evaluate(model: ir.Model) -> list[OutputAgreement]:
+        nonlocal evaluations, previous
+        evaluations += 1
+        for key in previous:  # only the last graph evaluated can be the one verify precision checks
+            check.outputs.pop(key, None)
+        before = set(check.outputs)
+        with runnable(model) as source:
+            gots, _ = check_outputs(check, source, names, emulate_qdq=emulate)
+        previous = set(check.outputs) - before
+        return agreement(refs, gots, names, check.labels)
 
     def passes(row: OutputAgreement) -> bool:
         return row.passes("int8", **options.limits)
 
+    start = clock()
+    plain = evaluate(quantised)
+    cost["plain_check_seconds"] = round(clock() - start, 3)
+    failing = [r.output for r in plain if not passes(r)]
+    units = quantised_units(quantised)
+    report: dict = {"units": len(units), "check": check.to_json(),
+                    "plain": {"failing": failing, "outputs": {r.output: _summary(r) for r in plain}}}
+    search = bool(failing) and options.fallback
+    if search and too_large(fp32):
+        refuse_search_over_2gib(fp32, units, plain, failing, options)
+    if not search and (not options.sensitivity or too_large(fp32)):
+        why = ("plain int8 meets every target on the check images" if not failing
+               else "--max-fallback 0: no fallback searched")
+        if options.sensitivity:
+            why += "; not measured on a graph over 2 GiB (it would copy the whole graph per layer)"
+        report["sensitivity"] = {"skipped": why}
+        if options.fallback:
+            report["fallback"] = _none_needed(units, options, report["plain"], evaluations)
+        report["cost"] = {**cost, "search_seconds": 0.0, "sessions": 0, "evaluations": evaluations}
+        log.info("%s (%d outputs, %d check images, %.1f s): no layer sensitivity or fallback search", why.capitalize(),
+                 len(names), len(check.images), cost["plain_check_seconds"])
+        return quantised, base_only, report
+
+    weights = float_weights(fp32)
+    count = min(options.sensitivity_images, len(check.images))
+    # every output, not only the failing ones: a fallback can tip another output over its target
+    sens = layer_sensitivity(quantised, weights, units, refs, check.images[:count], names, names,
+                             emulate_qdq=emulate)
+    report["sensitivity"] = {"images": count, "method": sens.method, "sessions": sens.sessions,
+                             "seconds": sens.seconds, **sens.extra, **({"note": sens.note} if sens.note else {}),
+                             "metric": "relative logit error per output, the unit alone quantised",
+                             "layers": sorted(sens.rows, key=lambda s: -s["max_error"])}
+    cost.update(sensitivity_seconds=sens.seconds, sessions=sens.sessions)
+    if not options.fallback or not failing:
+        if options.fallback:
+            report["fallback"] = _none_needed(units, options, report["plain"], evaluations)
+        report["cost"] = {**cost, "search_seconds": sens.seconds, "evaluations": evaluations}
+        return quantised, base_only, report
+
+    limit = _limit(units, options)
     protected = base_path(quantised)
-    result = choose_fallback(units, sens, lambda nodes: evaluator.rows(fall_back(quantised, weights, set(nodes),
-                                                                                 protected)), passes, limit)
+    start = clock()
+    result = choose_fallback(units, sens.rows, plain, lambda nodes: evaluate(fall_back(quantised, weights, set(nodes),
+                                                                                        protected)), passes, limit)
+    cost["greedy_seconds"] = round(clock() - start, 3)
+    cost["search_seconds"] = round(sens.seconds + cost["greedy_seconds"], 3)
+    cost["evaluations"] = evaluations
     chosen = set(result.nodes)
     labels = {u.node: u.label for u in units}
     report["fallback"] = {"max_fallback": limit, "passed": result.passed, "layers": len(result.nodes),
                           "nodes": result.nodes, "labels": [labels[n] for n in result.nodes],
                           "base_path_layers": sum(u.base_path for u in units if u.node in chosen),
-                          "evaluations": evaluator.runs, "history": result.history}
+                          "evaluations": evaluations, "history": result.history}
+    report["cost"] = cost
+    log.info("fallback search: %d layer(s) in fp32 (targets %s) in %.1f s: sensitivity of %d layers (%d images, "
+             "%d session(s), %s) %.1f s, %d evaluation(s) on %d check images %.1f s", len(result.nodes),
+             "met" if result.passed else "NOT met", cost["search_seconds"], len(units), count,
+             sens.sessions, sens.method, sens.seconds, evaluations - 1, len(check.images), cost["greedy_seconds"])
     if not chosen:
         return quantised, base_only, report
     base_nodes = {n.name for n in base_only.graph} & chosen
     return (fall_back(quantised, weights, chosen, protected), fall_back(base_only, weights, base_nodes, protected),
             report)
+
+
+def refuse_search_over_2gib(fp32: ir.Model, units: list[Unit], plain: list[OutputAgreement], failing: list[str],
+                            options) -> None:
+    """Why a graph over 2 GiB gets plain INT8 or nothing: the search would run its one-unit graphs
+    (or sensitivity.py's one graph, which holds the fp32 graph and copies of it) and its candidate
+    graphs on the check images, each as large as the graph itself."""
+    from subtune.errors import VerificationError
+    from subtune.quantization.compare import check_thresholds
+
+    gib = weight_bytes(fp32) / 2**30
+    why = ""
+    try:
+        check_thresholds([r for r in plain if r.output in failing], "int8", **options.limits)
+    except VerificationError as e:
+        why = str(e).split("; keep more layers")[0]
+    raise VerificationError(
+        f"plain int8 misses its target ({why}), and the fallback search that would keep layers in fp32 is not run on "
+        f"a graph over 2 GiB ({gib:.2f} GiB of fp32 weights, {len(units)} quantised layers): measuring each layer's "
+        f"sensitivity runs about {len(units) // 2} copies of the whole graph on {options.sensitivity_images} images, "
+        "and each fallback step the whole graph on every check image (hours here, and several copies of the weights "
+        "in memory); compile fewer tasks per graph (the search then runs per graph), or use --precision fp16")
+
+
+def _none_needed(units: list[Unit], options, plain: dict, evaluations: int) -> dict:
+    """The fallback report when the plain graph meets every target."""
+    return {"max_fallback": _limit(units, options), "passed": True, "layers": 0, "nodes": [], "labels": [],
+            "base_path_layers": 0, "evaluations": evaluations,
+            "history": [{"fallback": 0, "failing": [], "outputs": plain["outputs"]}]}
+
+
+def _limit(units: list[Unit], options) -> int:
+    return len(units) // 2 if options.max_fallback is None else min(options.max_fallback, len(units))
 
 
 def fall_back_layers(fp32: ir.Model, quantised: ir.Model, base_only: ir.Model, labels: list[str]) -> tuple[

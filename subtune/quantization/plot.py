@@ -56,6 +56,22 @@ def plot_sensitivity(report: dict, path, top: int = TOP) -> None:
     plt.close(fig)
 
 
+def search_cost(mixed: dict) -> list[str]:
+    """What the fallback search cost (mixed.py's report), or why there was none."""
+    sens, cost = mixed.get("sensitivity") or {}, mixed.get("cost")
+    if cost is None:
+        return []
+    if "skipped" in sens:
+        return [f"fallback search: none ({sens['skipped']}; the plain int8 check took "
+                f"{cost['plain_check_seconds']:.1f} s; --sensitivity measures the layer table anyway)"]
+    parts = [f"layer sensitivity of {mixed['units']} layers on {sens['images']} images, {sens['method']} "
+             f"({sens['sessions']} session{'s' if sens['sessions'] != 1 else ''}): {sens['seconds']:.1f} s"]
+    if "greedy_seconds" in cost:
+        parts.append(f"{cost['evaluations'] - 1} fallback evaluation(s) on {mixed['check']['images']} check images: "
+                     f"{cost['greedy_seconds']:.1f} s")
+    return [f"fallback search: {cost['search_seconds']:.1f} s (" + "; ".join(parts) + ")"]
+
+
 def precision_summary(report: dict | None, top: int = 10) -> list[str]:
     """What `subtune-compile` prints about a reduced graph: the check against fp32 per output, the
     INT8 form and why, the layers kept in fp32, the quick latency check, the most sensitive layers."""
@@ -83,11 +99,13 @@ def precision_summary(report: dict | None, top: int = 10) -> list[str]:
     if "base_output_vs_base_only" in ver:
         lines.append(f"  base output with tasks vs the base-only int8 graph: max |difference| "
                      f"{ver['base_output_vs_base_only']['max_abs_difference']:g}")
-    fb = (report.get("mixed") or {}).get("fallback")
+    mixed = report.get("mixed") or {}
+    fb = mixed.get("fallback")
     if fb is not None:
-        lines.append(f"layers kept in fp32: {fb['layers']} of {report['mixed']['units']} quantised"
+        lines.append(f"layers kept in fp32: {fb['layers']} of {mixed['units']} quantised"
                      + (f" ({', '.join(fb['labels'][:6])}{', ...' if len(fb['labels']) > 6 else ''})"
                         if fb["labels"] else ""))
+    lines += search_cost(mixed)
     lat = ver.get("latency")
     if lat:
         parts = [f"batch {k.split('_')[1]}: {v['reduced_ms']:.2f} ms vs {v['fp32_ms']:.2f} ms fp32 ({v['ratio']:.2f}x)"

@@ -87,16 +87,14 @@ def test_onnx_runtime_loads_the_pair_from_its_path(wide):
     assert np.abs(got_wide[:, :PERIOD]).max() > 0
 
 
-def test_graph_over_2gib_refuses_bytes_and_reduced_precision(wide):
+def test_graph_over_2gib_refuses_bytes(wide):
+    """As bytes it cannot go; --precision int8/fp16 goes through files (tests/quantization/test_files.py
+    runs that on a small graph with the threshold lowered: quantising this one would take ~10 GB)."""
     from subtune.compiler import pipeline
-    from subtune.compiler.pipeline import CompileOptions
-    from subtune.quantization import PrecisionOptions
 
     _, result = wide
     with pytest.raises(SubtuneError, match="exceed what one ONNX file holds"):
         pipeline.serialize(result.plan)
-    with pytest.raises(SubtuneError, match="--precision fp16 on a graph over 2 GiB"):
-        pipeline.clean_up(result.plan, CompileOptions(precision=PrecisionOptions("fp16")))
 
 
 # --------------------------------------------------------------------------- cheap: the mechanism

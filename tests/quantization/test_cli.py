@@ -38,36 +38,71 @@ def test_summary_prints_agreement_accuracy_and_the_pinned_base(capsys):
     assert "max |difference| 0" in out
 
 
-def test_int8_compile_checks_on_held_out_images_and_writes_the_sensitivity_table(tmp_path):
-    """The whole path: --int8-target auto, held-out checks (Fashion-MNIST's test split), layer
-    sensitivity in the report and as a PNG, fallbacks as needed, the pinned base."""
-    import json
-    from pathlib import Path as P
-
-    if not P("/usr/share/datasets/fashion-mnist").is_dir():
-        pytest.skip("Fashion-MNIST (Debian package dataset-fashion-mnist) not installed")
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
     from subtune.formats import save_base, save_task
     from subtune.models import make_base
     from subtune.synthetic import synthetic_task
 
+    d = tmp_path_factory.mktemp("tiny")
     base = make_base("subtune:tiny_resnet", {"num_classes": 5}, seed=0)
-    save_base(tmp_path / "base.pt", base)
-    save_task(tmp_path / "t.pt", synthetic_task(base, "t", [3, 4], seed=1))
-    out = tmp_path / "m.onnx"
-    code = main(["compile", str(tmp_path / "base.pt"), str(tmp_path / "t.pt"), "-o", str(out),
+    save_base(d / "base.pt", base)
+    save_task(d / "t.pt", synthetic_task(base, "t", [3, 4], seed=1))
+    return d
+
+
+def _compile_int8(files, out, *flags):
+    from pathlib import Path as P
+
+    if not P("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST (Debian package dataset-fashion-mnist) not installed")
+    code = main(["compile", str(files / "base.pt"), str(files / "t.pt"), "-o", str(out),
                  "--image-size", "32", "--precision", "int8", "--calibration", "fashion-mnist",
-                 "--calibration-size", "16", "--check-size", "40", "--min-agreement", "0.6", "--allow-slower"])
+                 "--calibration-size", "16", "--check-size", "40", "--min-agreement", "0.6", "--allow-slower", *flags])
     assert code == 0 and out.is_file()  # --allow-slower: a 32 px toy graph's int8 speed is whatever it is
-    report = json.loads(out.with_suffix(".report.json").read_text())["precision"]
+    import json
+
+    return json.loads(out.with_suffix(".report.json").read_text())["precision"]
+
+
+def test_int8_compile_checks_on_held_out_images_and_skips_sensitivity_when_plain_int8_passes(tmp_path, tiny_files,
+                                                                                            capsys):
+    """The whole path: --int8-target auto, held-out checks (Fashion-MNIST's test split), the pinned
+    base; plain int8 meets the targets, so no layer sensitivity, no PNG, and the summary says so."""
+    out = tmp_path / "m.onnx"
+    report = _compile_int8(tiny_files, out)
     assert report["scheme"]["target"] in ("cpu", "tensorrt") and report["scheme"]["target_reason"].startswith("auto")
     ver = report["verification"]
     assert ver["held_out"] and "test split" in ver["images"] and ver["check_images"] == 40
     assert ver["base_output_vs_base_only"]["max_abs_difference"] == 0.0
-    layers = report["mixed"]["sensitivity"]["layers"]
-    assert len(layers) == report["mixed"]["units"] > 0
+    assert ver["outputs_computed_by_quantize"] == ["fp32", "int8"]  # one run of each graph on the check images
+    mixed = report["mixed"]
+    assert mixed["plain"]["failing"] == [] and mixed["sensitivity"]["skipped"].startswith("plain int8 meets")
+    assert mixed["fallback"]["layers"] == 0 and mixed["fallback"]["evaluations"] == 1
+    assert mixed["cost"]["search_seconds"] == 0 and mixed["cost"]["sessions"] == 0
+    assert not out.with_suffix(".sensitivity.png").exists()
+    assert "fallback search: none (plain int8 meets every target" in capsys.readouterr().out
+
+
+def test_int8_compile_with_sensitivity_writes_the_table_and_what_it_cost(tmp_path, tiny_files, capsys):
+    out = tmp_path / "m.onnx"
+    mixed = _compile_int8(tiny_files, out, "--sensitivity")["mixed"]
+    layers = mixed["sensitivity"]["layers"]
+    assert len(layers) == mixed["units"] > 0 and mixed["sensitivity"]["method"] == "one graph"
     assert [x["max_error"] for x in layers] == sorted((x["max_error"] for x in layers), reverse=True)
-    assert report["mixed"]["fallback"]["passed"]
+    assert mixed["fallback"]["passed"]
+    assert mixed["cost"]["sensitivity_seconds"] > 0 and mixed["cost"]["sessions"] >= 1
     assert out.with_suffix(".sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "fallback search: " in capsys.readouterr().out
+
+
+def test_sensitivity_flag_needs_int8(tmp_path, capsys, tiny_files):
+    out = tmp_path / "m.onnx"
+    code = main(["compile", str(tiny_files / "base.pt"), str(tiny_files / "t.pt"), "-o", str(out), "--precision",
+                 "fp16", "--sensitivity"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--sensitivity does nothing with --precision fp16" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_precision_summary_prints_the_check_the_fallbacks_and_sensitivity():

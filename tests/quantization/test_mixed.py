@@ -13,7 +13,8 @@ from subtune.quantization import (CalibrationSet, CheckSet, PrecisionOptions, re
 from subtune.quantization.compare import compare_output, run_batches
 from subtune.quantization.heldout import task_labels
 from subtune.quantization.int8 import quantize_int8
-from subtune.quantization.mixed import fall_back, fall_back_layers, float_weights, quantised_units
+from subtune.quantization.fallback import fall_back, float_weights, quantised_units
+from subtune.quantization.mixed import fall_back_layers
 from tests.quantization.conftest import images, tiny_base_only, tiny_graph
 
 NAMES = ["base", "a", "z"]
@@ -71,7 +72,7 @@ def test_mixed_base_output_with_tasks_equals_the_base_only_graph(calibration, ta
 def test_sensitivity_sees_only_the_outputs_a_layer_feeds(calibration):
     data = CalibrationSet(calibration.images)
     reduced = reduce_precision(tiny_graph(), PrecisionOptions("int8", data, int8_target="tensorrt",
-                                                              fallback=False).check(), data)
+                                                              fallback=False, sensitivity=True).check(), data)
     layers = {s["label"]: s["relative_logit_error"] for s in reduced.report["mixed"]["sensitivity"]["layers"]}
     assert layers["tasks.0.block1.weight"]["base"] == 0 and layers["tasks.0.block1.weight"]["a"] > 0
     assert layers["tasks.1.head.weight"]["base"] == layers["tasks.1.head.weight"]["a"] == 0
@@ -95,10 +96,42 @@ def test_greedy_falls_back_until_targets_are_met_and_verification_agrees(calibra
     fb = mixed.report["mixed"]["fallback"]
     assert fb["passed"] and 0 < fb["layers"] <= fb["max_fallback"] == len(quantised_units(plain.model)) // 2
     assert fb["history"][0]["failing"] and not fb["history"][-1]["failing"]
+    # the plain graph failed, so sensitivity was measured (every output, every unit), and what it cost is reported
+    assert mixed.report["mixed"]["plain"]["failing"] == fb["history"][0]["failing"]
+    sens = mixed.report["mixed"]["sensitivity"]
+    assert len(sens["layers"]) == mixed.report["mixed"]["units"] and sens["method"] == "one graph"
+    assert all(set(x["relative_logit_error"]) == set(NAMES) for x in sens["layers"])
+    cost = mixed.report["mixed"]["cost"]
+    assert cost["sessions"] == sens["sessions"] >= 1 and cost["evaluations"] == fb["evaluations"] == len(fb["history"])
+    assert cost["search_seconds"] == pytest.approx(cost["sensitivity_seconds"] + cost["greedy_seconds"], abs=2e-3)
     assert mixed.model.metadata_props["subtune.calibration"].count("base.") >= 1  # fp32 layers named in metadata
     report = verify_reduced(_bytes(fp32), _bytes(mixed.model), _bytes(mixed.base_only), data, NAMES, [], options)
     assert report["base_output_vs_base_only"]["max_abs_difference"] == 0.0
+    assert report["outputs_computed_by_quantize"] == ["fp32", "int8"]  # the greedy's last graph is the one written
+    # fp32, the plain graph (its verification above) and the greedy's last graph: not its steps in between
+    assert len(check.outputs) == 3 and len(fb["history"]) > 2
     assert all(o["confident_agreement"] >= 0.95 for o in report["outputs"])
+
+
+def test_no_sensitivity_and_no_search_when_plain_int8_meets_every_target(calibration):
+    fp32 = tiny_graph()
+    check = CheckSet(images(48, seed=11), source="random images")
+    data = CalibrationSet(calibration.images, check=check)
+    options = PrecisionOptions("int8", data, int8_target="tensorrt", min_agreement=0.5, measure_latency=False).check()
+    reduced = reduce_precision(fp32, options, data)
+    mixed = reduced.report["mixed"]
+    assert mixed["plain"]["failing"] == [] and "layers" not in mixed["sensitivity"]
+    assert mixed["sensitivity"]["skipped"] == "plain int8 meets every target on the check images"
+    assert mixed["fallback"]["layers"] == 0 and mixed["cost"]["evaluations"] == 1 and mixed["cost"]["sessions"] == 0
+    plain = quantize_int8(fp32, data, "minmax", "tensorrt").model
+    x = images(6, seed=2)
+    for got, ref in zip(_run(reduced.model, x), _run(plain, x)):  # the plain graph itself
+        np.testing.assert_array_equal(got, ref)
+    # verify precision runs neither graph again on the check images: quantize's runs of the same graphs are reused
+    report = verify_reduced(_bytes(fp32), _bytes(reduced.model), _bytes(reduced.base_only), data, NAMES, [], options)
+    assert report["outputs_computed_by_quantize"] == ["fp32", "int8"]
+    assert [o["agreement"] for o in report["outputs"]] == [
+        mixed["plain"]["outputs"][n]["agreement"] for n in NAMES]
 
 
 def test_compare_output_metrics():
