@@ -32,6 +32,7 @@ step only what it declares (StepView): a step that touches another field fails, 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Callable
@@ -191,7 +192,7 @@ def steps(options: CompileOptions):
                    may_write=("base_only_onnx",))
         if options.verify:
             yield Step("verify precision", verify_precision, ("onnx", "fp32_onnx", "calibration", "tasks"),
-                       may_read=("base_only_onnx",))
+                       may_read=("base_only_onnx", "scratch_dir"))
         if options.check_tensorrt and reduced.tensorrt_compatible:
             yield Step(f"check TensorRT compatibility ({reduced.precision})", check_tensorrt, ("onnx",))
     yield Step("record verification", record_verification, ("onnx",), ("onnx",))
