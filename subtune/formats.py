@@ -3,7 +3,7 @@ task delta (subtune.delta.TaskDelta).
 
 Both are plain dicts of tensors and built-in types, saved with `torch.save` and read with
 `torch.load(path, weights_only=True)`, so loading a file never runs code. The contract is
-documented in README.md ("File formats"); bump the `/N` suffix on any incompatible change.
+documented in docs/formats.md; bump the `/N` suffix on any incompatible change.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Python API (subtune.compile): the README's example runs as written; the outputs are
+"""The Python API (subtune.compile): docs/python-api.md's examples run as written; the outputs are
 verified, atomic and say what they are; bad requests are refused before any work."""
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ from subtune.models import make_base
 from subtune.synthetic import synthetic_task
 from subtune.training.options import DataOptions, Head2Toe, Linear, LoRA, SubTuning, TrainingOptions
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PYTHON_API_DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
 MARKER = "<!-- python-api-example"
 
 
-def readme_example(text: str, marker: str = MARKER) -> str:
+def doc_example(text: str, marker: str = MARKER) -> str:
     """The first ```python block after the marker comment."""
     start = text.find(marker)
-    assert start >= 0, f"README.md lacks the Python API example (a ```python block after '{marker} ...-->')"
+    assert start >= 0, f"docs/python-api.md lacks the Python API example (a ```python block after '{marker} ...-->')"
     block = re.search(r"```python\n(.*?)```", text[start:], re.S)
-    assert block, "no ```python block after the Python API marker in README.md"
+    assert block, f"no ```python block after the marker '{marker}' in docs/python-api.md"
     return block.group(1)
 
 
-def test_readme_python_example_runs_as_written(tmp_path):
-    code = readme_example(README.read_text())
+def test_docs_python_example_runs_as_written(tmp_path):
+    code = doc_example(PYTHON_API_DOC.read_text())
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env=env)
@@ -471,8 +471,8 @@ def test_the_command_line_shows_library_warnings_once(tmp_path, capsys, tiny_bas
     assert logging.getLogger("subtune").handlers == handlers
 
 
-def test_readme_train_example_runs_as_written(tmp_path):
-    """The README's train -> compile example, on a tiny `flowers` folder made here (its text says
+def test_docs_train_example_runs_as_written(tmp_path):
+    """docs/python-api.md's train -> compile example, on a tiny `flowers` folder made here (its text says
     `imagefolder:flowers`: the reader's own folder of DIR/train/<class>/ images)."""
     seed = 0
     for split, n in (("train", 6), ("val", 3)):
@@ -481,7 +481,7 @@ def test_readme_train_example_runs_as_written(tmp_path):
             for i in range(n):
                 seed += 1
                 _write_image(tmp_path / "flowers" / split / name / f"{i}.png", colour, seed)
-    code = readme_example(README.read_text(), TRAIN_EXAMPLE)
+    code = doc_example(PYTHON_API_DOC.read_text(), TRAIN_EXAMPLE)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env=env)

@@ -67,7 +67,7 @@ class PrecisionOptions:
     int8_target: str = "auto"  # auto, tensorrt (TensorRT and ONNX Runtime) or cpu (ONNX Runtime x86 only): int8.py
     # Thresholds, judged on held-out images (heldout.py, compare.py). Measured on the main job's graph
     # (EfficientNet-Lite0 + fashion10 + coarse4 at 64 px, Fashion-MNIST test split; bench/int8_accuracy.py, see
-    # /README "Reduced precision"): fp16 keeps the tasks' accuracy within 0.2 points and the base's confident top-1
+    # docs/precision.md): fp16 keeps the tasks' accuracy within 0.2 points and the base's confident top-1
     # at 99-100 %; plain INT8 loses up to several points and agrees on 40-80 % of the base's confident images; a
     # graph with saturated kernels drops tasks by tens of points. 1 point is the issue's target and about twice the
     # paired noise of 1000 test images.

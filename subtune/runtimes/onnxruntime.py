@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 # --provider name -> (execution providers in priority order, what to install when missing)
 _PROVIDERS: dict[str, tuple[tuple[str, ...], str]] = {
     "cpu": (("CPUExecutionProvider",), "onnxruntime: pip install onnxruntime"),
-    # onnxruntime and onnxruntime-gpu install the same `onnxruntime` package: swap, never add (README, GPU install)
+    # onnxruntime and onnxruntime-gpu install the same `onnxruntime` package: swap, never add
+    # (docs/tensorrt.md, "GPU install")
     "cuda": (("CUDAExecutionProvider", "CPUExecutionProvider"),
              "onnxruntime-gpu in place of onnxruntime (pip uninstall -y onnxruntime && pip install onnxruntime-gpu) "
              "with an NVIDIA driver"),

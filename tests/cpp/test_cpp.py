@@ -195,7 +195,7 @@ def test_cli_on_images_matches_python(cpp_build, cpp_graph, python_session, imag
             assert f"{name}:" in r.stdout and best in r.stdout
 
 
-def test_readme_example_names_pythons_best_classes(cpp_build, cpp_graph, python_session, images):
+def test_docs_example_names_pythons_best_classes(cpp_build, cpp_graph, python_session, images):
     r = run([cpp_build.example, cpp_graph, *images])
     assert r.returncode == 0, r.stderr
     x = python_images(images[0].parent)
