@@ -3,10 +3,15 @@ four request mixes (every task; one random task per image; one fixed task; none)
 compiled graph (d) and split sessions (c), for k tasks on blocks 13-14 of ResNet-50 at 224 (tasks
 with distinct weights, subtune.synthetic), at batch 1 and 8 on ONNX Runtime (CPU): each variant's
 latency over the base's at the same batch size, which is its cost per image. All variants of a
-batch size are timed interleaved in one run (subtune.benchmarking.harness).
+batch size are timed interleaved in one run (subtune.benchmarking.harness). Every variant of every
+k in --ks is held in memory at once (split sessions are k + 1 ResNet-50 sessions): the default
+--ks 1,4,16,32 passed 21 GiB on ResNet-50 before its timing began, so on a 24 GiB machine give one
+or a few k per call (each call's table stands alone: its ratios are to its own base).
 
-    python bench/task_select.py                                   # the issue's table (tens of minutes, ~6 GB)
+    python bench/task_select.py                                   # k = 16, the issue's goals (25 min, 9.5 GiB)
+    python bench/task_select.py --ks 1,4 --iters 10 --repeats 3   # the rest of the sweep, one call per few k
     python bench/task_select.py --paper-protocol                  # 300 warm-up, 10 x 300
+    python bench/task_select.py --render A/task_select.json B/task_select.json -o OUT   # one table and plot of several calls
     python bench/task_select.py --arch subtune:tiny_resnet --image-size 32 --blocks 5-6 --ks 1,2 \\
         --warmup 1 --iters 3 --repeats 2                          # smoke test (a minute)
     python bench/task_select.py --provider cuda                   # ONNX Runtime's CUDA provider
@@ -21,12 +26,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from subtune.atomic import write_text
 from subtune.benchmarking import plots
 from subtune.benchmarking.compare import run_compare
-from subtune.benchmarking.harness import protocol_from_flags
-from subtune.benchmarking.report import write_json
+from subtune.benchmarking.harness import NOISY_SPREAD, protocol_from_flags
+from subtune.benchmarking.report import read_results, write_json
 from subtune.benchmarking.variants import MIXES, RuntimeSpec
 from subtune.models import make_base
 from subtune.synthetic import synthetic_task
@@ -43,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="torchvision:resnet50")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--blocks", default="13-14", help="the tasks' tuned blocks, FIRST-LAST")
-    p.add_argument("--ks", default="1,4,16,32", help="numbers of tasks")
+    p.add_argument("--ks", default="16", help="numbers of tasks (default 16; every variant of every k is held in "
+                                                  "memory at once: ResNet-50 k = 16 takes 9.5 GiB)")
     p.add_argument("--batch", default="1,8")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"variants besides the base, of {', '.join(KINDS)}")
     p.add_argument("--mixes", default=",".join(MIXES), help=f"request mixes of the task-select graph, of {', '.join(MIXES)}")
@@ -54,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="default: the cores this process may use")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime's execution provider")
     p.add_argument("-o", "--out", default="out/task_select")
+    p.add_argument("--render", nargs="+", metavar="JSON",
+                   help="no runs: one table and plot from the task_select.json of several calls (e.g. one per k)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # fail before the timing, not after
+    if args.render:
+        return render(args.render, out)
 
     ks = sorted({int(k) for k in args.ks.split(",")})
     batches = [int(b) for b in args.batch.split(",")]
@@ -81,6 +92,38 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out / "task_select.md", text + "\n")
     plots.plot_ratios(result, out / "task_select.png")
     for name in ("task_select.json", "task_select.md", "task_select.png"):
+        print(f"wrote {out / name}", file=sys.stderr)
+    return 0
+
+
+def render(paths: list[str], out: Path) -> int:
+    """The calls' rows in one table and one plot; each ratio stays the one its call measured (to
+    its own base), and each call's machine, protocol and base timings are listed."""
+    records = [read_results(p, "--render") for p in paths]
+    rows, sources = [], []
+    for path, rec in zip(paths, records):
+        res = rec["result"]
+        proto = res["protocol"]
+        bases = ", ".join(f"batch {r['batch']} {r['timing']['median_ms']:.2f} ms" for r in res["rows"]
+                          if r["kind"] == "base")
+        sources.append(f"- {path}: k = {rec['ks']}, warm-up {proto['warmup']}, {proto['repeats']} repeats x "
+                       f"{proto['iters']} runs; base alone {bases}; load average "
+                       f"{', '.join(f'{x:.1f}' for x in res['machine'].get('load_average') or [])}")
+        for r in res["rows"]:
+            timing = SimpleNamespace(**{"noisy": r["timing"]["spread"] > NOISY_SPREAD, **r["timing"]})
+            rows.append(SimpleNamespace(**{**r, "timing": timing}))
+    first = records[0]["result"]
+    result = SimpleNamespace(machine=first["machine"], runtime=first["runtime"], rows=rows,
+                             protocol=SimpleNamespace(**first["protocol"]))
+    args = SimpleNamespace(arch=records[0]["arch"], image_size=records[0]["image_size"],
+                           blocks="-".join(map(str, records[0]["blocks"])))
+    text = markdown(result, args).replace("all variants of a batch size interleaved",
+                                          "all variants of a batch size interleaved within each call")
+    text += "\n\n## The calls\n\n" + "\n".join(sources)
+    write_text(out / "task_select.md", text + "\n")
+    plots.plot_ratios(result, out / "task_select.png")
+    print(text)
+    for name in ("task_select.md", "task_select.png"):
         print(f"wrote {out / name}", file=sys.stderr)
     return 0
 
