@@ -293,9 +293,11 @@ def _markdown(record: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     m = record["machine"]
     lines.append("")
-    lines.append(f"{m.get('cpu')}, {m.get('usable_cores')} usable cores, ONNX Runtime "
+    load = {k: ", ".join(f"{x:.2f}" for x in m.get(k) or []) for k in ("load_average", "load_average_at_end")}
+    lines.append(f"{m.get('cpu')}, {m.get('usable_cores')} usable cores, CPU flags "
+                 f"{', '.join(m.get('cpu_flags') or []) or 'none of AVX2/AVX-512/VNNI/AMX'}, ONNX Runtime "
                  f"{m.get('libraries', {}).get('onnxruntime')} CPU with {m.get('threads')} threads; load average "
-                 f"{m.get('load_average')} at the start, {m.get('load_average_at_end')} at the end; protocol "
+                 f"{load['load_average']} at the start, {load['load_average_at_end']} at the end; protocol "
                  f"{record['protocol']} (medians, base and graph interleaved). Compile: subtune-compile with "
                  "verification, one fresh process each; peak RSS is that process's high-water mark.")
     return "\n".join(lines)
