@@ -283,8 +283,12 @@ def report(result: dict) -> tuple[str, str]:
     head = (f"Triton lifecycle: {result['arch']} at {result['image_size']}x{result['image_size']}, python backend, "
             f"{s['concurrency']} clients (gRPC and HTTP, one image per request, {s['timeout']:.0f} s timeout), "
             f"{s['steady']:g} s steady windows; {result['requests']} requests in all")
-    machine = (f"machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores; load average before "
-               f"{m.get('load_average')}, after {result['machine_after'].get('load_average')}")
+    def load(machine: dict) -> str:
+        return ", ".join(f"{x:.2f}" for x in machine.get("load_average") or [])
+
+    machine = (f"machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores, CPU flags "
+               f"{', '.join(m.get('cpu_flags') or []) or 'none of AVX2/AVX-512/VNNI/AMX'}; load average before "
+               f"{load(m)}, after {load(result['machine_after'])}")
     note = ("before/after: the steady windows either side of the command; during: from the command to its return "
             "(the rollout's checks of the new graph here, the server's load of the new version, its answers on the "
             "check images); failed: requests that failed from the command to the end of the window after it; server "
