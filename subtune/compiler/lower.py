@@ -192,8 +192,9 @@ class FillRows(nn.Module):
         return logits.new_full((batch, logits.shape[1]), FILL).index_copy(0, rows, logits)
 
 
-class MultiTaskModel(nn.Module):
-    """images -> (base logits, task 0 logits, task 1 logits, ...)."""
+class LoweredGraph(nn.Module):
+    """What both lowered modules hold: the base, its stem and neck, one branch per task, the
+    schedule, and the roles of their parts (stream_roles)."""
 
     def __init__(self, base_model: nn.Module, backbone: Backbone, tasks: list[TaskDelta], schedule: Schedule, *,
                  fold_batch_norm: bool = False):
@@ -206,6 +207,28 @@ class MultiTaskModel(nn.Module):
         folders: dict[int, BlockFolder] | None = {} if fold_batch_norm else None
         self.tasks = nn.ModuleList(_branch(t, backbone, folders) for t in tasks)
         self.schedule = schedule
+        self._roles = {"base": BASE, "stem": BASE, "neck": BASE,
+                       **{f"tasks.{i}": task_role(t.name) for i, t in enumerate(tasks)}}
+
+    def _merge_and_split_roles(self, merge_names, schedule: Schedule) -> None:
+        self._roles.update({f"merges.{name}": MERGE for name in merge_names})
+        merged = {t for s in schedule.steps if isinstance(s, Merge) for t in s.tasks}
+        if any(t is not None and t not in merged for t in schedule.final_chunks):
+            self._roles["final_merge"] = MERGE  # tasks that end at the last block join before the neck
+        if len(schedule.final_chunks) > 1:
+            self._roles["split_heads"] = SPLIT
+
+    def stream_roles(self) -> dict[str, str]:
+        """Module path of each stream part that runs -> its role (record_stream_roles.py)."""
+        return dict(self._roles)
+
+
+class MultiTaskModel(LoweredGraph):
+    """images -> (base logits, task 0 logits, task 1 logits, ...)."""
+
+    def __init__(self, base_model: nn.Module, backbone: Backbone, tasks: list[TaskDelta], schedule: Schedule, *,
+                 fold_batch_norm: bool = False):
+        super().__init__(base_model, backbone, tasks, schedule, fold_batch_norm=fold_batch_norm)
         # Tapped points of the shared stream, and how many chunks it holds when each is produced.
         self.tap_points = sorted({p for t in tasks for p in t.tap_points})
         self.tap_chunks: dict[int, int] = {}
@@ -228,21 +251,10 @@ class MultiTaskModel(nn.Module):
         self._fork_names = list(self.forks)
         self._merge_names = list(self.merges)
         self.base_chunks_points = {p for p in self.tap_points if p <= backbone.num_blocks + 1}
-        self._roles = {"base": BASE, "stem": BASE, "neck": BASE,
-                       **{f"tasks.{i}": task_role(t.name) for i, t in enumerate(tasks)}}
         for step, name in zip((s for s in schedule.steps if isinstance(s, Fork)), self._fork_names):
             self._roles[f"forks.{name}"] = fork_role(tasks[step.task].name)
-        self._roles.update({f"merges.{name}": MERGE for name in self._merge_names})
-        merged = {t for s in schedule.steps if isinstance(s, Merge) for t in s.tasks}
-        if any(t is not None and t not in merged for t in schedule.final_chunks):
-            self._roles["final_merge"] = MERGE  # tasks that end at the last block join before the neck
-        if len(schedule.final_chunks) > 1:
-            self._roles["split_heads"] = SPLIT
+        self._merge_and_split_roles(self._merge_names, schedule)
         self._roles.update({f"base_chunks.{name}": TAP for name in self.base_chunks})
-
-    def stream_roles(self) -> dict[str, str]:
-        """Module path of each stream part that runs -> its role (record_stream_roles.py)."""
-        return dict(self._roles)
 
     def input_roles(self) -> dict[str, str]:
         """Graph input -> the role of the sizes the exporter reads from it (record_stream_roles.py, rule 2)."""
@@ -281,20 +293,13 @@ class MultiTaskModel(nn.Module):
         return tuple(outputs)
 
 
-class TaskSelectModel(nn.Module):
+class TaskSelectModel(LoweredGraph):
     """(images, rows of task 0, rows of task 1, ...) -> (base logits, task 0 logits, ...): each task
     runs on the rows that asked for it (the module docstring's task selection)."""
 
     def __init__(self, base_model: nn.Module, backbone: Backbone, tasks: list[TaskDelta], schedule: Schedule, *,
                  fold_batch_norm: bool = False):
-        """`fold_batch_norm`: as MultiTaskModel's."""
-        super().__init__()
-        self.base = base_model
-        self.backbone = backbone  # a plain dataclass of views into self.base, not a submodule
-        self.stem, self.neck = BackbonePart(backbone.stem), BackbonePart(backbone.neck)
-        folders: dict[int, BlockFolder] | None = {} if fold_batch_norm else None
-        self.tasks = nn.ModuleList(_branch(t, backbone, folders) for t in tasks)
-        self.schedule = schedule
+        super().__init__(base_model, backbone, tasks, schedule, fold_batch_norm=fold_batch_norm)
         self.names = [t.name for t in tasks]
         self.tap_points = {p for t in tasks for p in t.tap_points if p <= backbone.num_blocks + 1}
         self.forks = nn.ModuleDict({f"fork_{tasks[s.task].name}_before_block{s.block}": SelectRows()
@@ -311,28 +316,17 @@ class TaskSelectModel(nn.Module):
         self.final_merge = MergeStreams()
         self.split_heads = SplitRows()
         self.fills = nn.ModuleDict({t.name: FillRows() for t in tasks})
-        self._roles = {"base": BASE, "stem": BASE, "neck": BASE,
-                       **{f"tasks.{i}": task_role(t.name) for i, t in enumerate(tasks)}}
         for step in (s for s in schedule.steps if isinstance(s, Fork)):
             name = tasks[step.task].name
             self._roles[f"forks.fork_{name}_before_block{step.block}"] = fork_role(name)
         self._roles.update(select_roles)
-        self._roles.update({f"merges.{name}": MERGE for name in self.merges})
-        merged = {t for s in schedule.steps if isinstance(s, Merge) for t in s.tasks}
-        if any(t is not None and t not in merged for t in schedule.final_chunks):
-            self._roles["final_merge"] = MERGE
-        if len(schedule.final_chunks) > 1:
-            self._roles["split_heads"] = SPLIT
+        self._merge_and_split_roles(self.merges, schedule)
         self._roles.update({f"fills.{t.name}": fill_role(t.name) for t in tasks})
 
     @property
     def index_inputs(self) -> list[str]:
         """The module's inputs after `images`, one per task in output order: the rows that asked for it."""
         return [f"rows_{i}" for i in range(len(self.names))]
-
-    def stream_roles(self) -> dict[str, str]:
-        """Module path of each stream part that runs -> its role (record_stream_roles.py)."""
-        return dict(self._roles)
 
     def input_roles(self) -> dict[str, str]:
         """Graph input -> the role of the sizes the exporter reads from it (record_stream_roles.py, rule 2)."""

@@ -88,17 +88,55 @@ def repo(tiny_graph, tmp_path_factory):
     return repo
 
 
-@pytest.fixture(scope="session")
-def server(serve_env, repo, tmp_path_factory):
-    """The session's one tritonserver on the repository (127.0.0.1, free ports)."""
+def start_serve_command(model, log_path, ready_s: float, *flags: str):
+    """`subtune serve MODEL` on free ports, read until its banner says how to stop it (at most
+    `ready_s` seconds). Returns (process, [http, grpc, metrics] ports, the banner); the caller stops
+    the process. A banner without "tritonserver ready" fails with what it printed and the log."""
+    import subprocess
+    import sys
+    import time
+
+    from subtune.serving.server import free_port
+
+    ports = [free_port() for _ in range(3)]
+    cmd = [sys.executable, "-m", "subtune.cli", "serve", str(model), "--http-port", str(ports[0]),
+           "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log", str(log_path), *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + ready_s
+    while time.monotonic() < deadline and not any("SIGTERM stops it" in line for line in lines):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    text = "".join(lines)
+    if "tritonserver ready" not in text:
+        log = log_path.read_text() if log_path.exists() else ""
+        err = proc.stderr.read() if proc.poll() is not None else ""
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        pytest.fail(f"subtune serve did not get ready in {ready_s} s: {text}{err}{log[-3000:]}")
+    return proc, ports, text
+
+
+def running_server(repo_path, serve_env, tmp_path_factory, name: str):
+    """A tritonserver on `repo_path` (127.0.0.1, free ports, its log in a temporary folder) for a
+    fixture to yield from: started, yielded, stopped, and checked gone."""
     from subtune.serving.server import ServerOptions, TritonServer
 
-    log_path = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
-    srv = TritonServer(repo.path, ServerOptions(ready_timeout_s=90, log_path=log_path), environment=serve_env)
+    log_path = tmp_path_factory.mktemp(f"{name}-log") / "tritonserver.log"
+    srv = TritonServer(repo_path, ServerOptions(ready_timeout_s=90, log_path=log_path), environment=serve_env)
     srv.start()
     yield srv
     srv.stop()
     assert srv.process.poll() is not None, f"tritonserver {srv.pid} still running after stop"
+
+
+@pytest.fixture(scope="session")
+def server(serve_env, repo, tmp_path_factory):
+    """The session's one tritonserver on the repository (127.0.0.1, free ports)."""
+    yield from running_server(repo.path, serve_env, tmp_path_factory, "triton")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -11,13 +11,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.serving.conftest import group_processes
+from tests.serving.conftest import group_processes, start_serve_command
 
 RTOL = 1e-6
 
@@ -44,32 +43,16 @@ def serve_and_compare(graph: Path, size: int, batches: list[int], http, workdir:
     """Serve `graph` with `subtune serve`, ask for every output at each batch size over HTTP, and
     compare with ONNX Runtime called directly; stop the server (SIGTERM) and leave no process.
     Returns the number of outputs compared."""
-    from subtune.serving.server import free_port
-
     direct = workdir / "direct.npz"
     done = subprocess.run([sys.executable, "-c", _DIRECT, str(graph), str(size), str(direct), *map(str, batches)],
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
     reference = np.load(direct)
     names = [str(n) for n in reference["names"]]
-    ports = [free_port() for _ in range(3)]
-    cmd = [sys.executable, "-m", "subtune.cli", "serve", str(graph), "--http-port", str(ports[0]),
-           "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log", str(workdir / "server.log"),
-           "--ready-timeout", "600"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, ports, text = start_serve_command(graph, workdir / "server.log", 900, "--ready-timeout", "600")
     server_pid, compared = None, 0
     try:
-        lines = []
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline and not any("SIGTERM stops it" in line for line in lines):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        text = "".join(lines)
-        log = (workdir / "server.log").read_text() if (workdir / "server.log").exists() else ""
-        assert "tritonserver ready" in text and f"models {model}" in text, \
-            text + (proc.stderr.read() if proc.poll() is not None else "") + log[-3000:]
+        assert f"models {model}" in text, text
         server_pid = int(text.split("(pid ")[1].split(")")[0])
         client = http.InferenceServerClient(f"127.0.0.1:{ports[0]}", connection_timeout=60, network_timeout=600)
         try:

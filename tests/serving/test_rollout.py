@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serving.conftest import PREPROCESS, T1_CLASSES
+from tests.serving.conftest import PREPROCESS, T1_CLASSES, running_server
 
 CONCURRENCY = 8
 MAX_REQUESTS_PER_CLIENT = 20_000
@@ -105,14 +105,7 @@ def rollout_repo(tiny_graph, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rollout_server(serve_env, rollout_repo, tmp_path_factory):
-    from subtune.serving.server import ServerOptions, TritonServer
-
-    log_path = tmp_path_factory.mktemp("rollout-log") / "tritonserver.log"
-    srv = TritonServer(rollout_repo, ServerOptions(ready_timeout_s=90, log_path=log_path), environment=serve_env)
-    srv.start()
-    yield srv
-    srv.stop()
-    assert srv.process.poll() is not None
+    yield from running_server(rollout_repo, serve_env, tmp_path_factory, "rollout")
 
 
 @pytest.fixture

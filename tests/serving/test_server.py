@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.serving.conftest import PREPROCESS, T1_CLASSES, group_processes
+from tests.serving.conftest import PREPROCESS, T1_CLASSES, group_processes, start_serve_command
 
 OUTPUTS = ["base", "t1", "t2"]
 RTOL = 1e-6
@@ -258,26 +258,10 @@ def test_serve_command_prints_endpoints_and_stops_on_sigterm(serve_env, tiny_gra
     """`subtune serve MODEL.onnx`: ready, endpoints printed, SIGTERM -> clean exit 0, no process left."""
     import os
     import signal
-    import subprocess
-    import sys
     import urllib.request
 
-    from subtune.serving.server import free_port
-
-    ports = [free_port() for _ in range(3)]
-    cmd = [sys.executable, "-m", "subtune.cli", "serve", str(tiny_graph), "--http-port", str(ports[0]),
-           "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log", str(tmp_path / "server.log")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, ports, text = start_serve_command(tiny_graph, tmp_path / "server.log", 120)
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any("SIGTERM stops it" in line for line in lines):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        text = "".join(lines)
-        assert "tritonserver ready" in text, text + proc.stderr.read() if proc.poll() is not None else text
         assert f"http://127.0.0.1:{ports[0]}/v2" in text and f"127.0.0.1:{ports[1]}" in text
         # explicit model control by default: the temporary repository is named, with how to roll out into it
         repository = text.split("  repository  ")[1].split()[0]

@@ -24,7 +24,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.serving.conftest import PREPROCESS, T1_CLASSES
+from tests.serving.conftest import PREPROCESS, T1_CLASSES, running_server
 
 RTOL = 1e-6
 TASKS = ["t1", "t2"]
@@ -95,14 +95,7 @@ def select_repo(tiny_graph, tiny_select_graph, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def select_server(serve_env, select_repo, tmp_path_factory):
-    from subtune.serving.server import ServerOptions, TritonServer
-
-    log_path = tmp_path_factory.mktemp("select-log") / "tritonserver.log"
-    srv = TritonServer(select_repo, ServerOptions(ready_timeout_s=90, log_path=log_path), environment=serve_env)
-    srv.start()
-    yield srv
-    srv.stop()
-    assert srv.process.poll() is not None
+    yield from running_server(select_repo, serve_env, tmp_path_factory, "select")
 
 
 @pytest.fixture
