@@ -167,10 +167,12 @@ class TritonServer:
 
     def stop(self) -> int | None:
         """SIGTERM, a bounded wait for the clean shutdown, then SIGKILL to the process group.
-        Returns the exit status (None if it was never started)."""
+        Returns the exit status (None if it was never started). Shared-memory regions the group
+        held and left behind (a stub killed before its clean-up) are removed."""
         p = self.process
         if p is None:
             return None
+        regions = shared_memory_regions(p.pid)
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
@@ -187,17 +189,21 @@ class TritonServer:
         deadline = time.monotonic() + 10
         while live_group_members(p.pid) and time.monotonic() < deadline:  # SIGKILL takes a moment to land
             time.sleep(0.05)
+        remove_left_regions(regions, p.pid)
         return p.returncode
 
     def kill(self) -> None:
-        """SIGKILL the server and its stubs at once (a crash, for fault runs)."""
+        """SIGKILL the server and its stubs at once (a crash, for fault runs); the shared-memory
+        regions they held are removed."""
         if self.process is not None and self.process.poll() is None:
+            regions = shared_memory_regions(self.process.pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
             deadline = time.monotonic() + 10
             while live_group_members(self.process.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            remove_left_regions(regions, self.process.pid)
 
     def close(self) -> None:
         self.stop()
@@ -223,6 +229,34 @@ class TritonServer:
         """The server's own error lines, joined on one line (Triton's E-lines, and the failed
         models in its status table)."""
         return summarize_errors(self.log_text())
+
+
+SHM_REGION_PREFIX = "/dev/shm/triton_python_backend_shm_region_"  # the python backend's, one per stub and server
+
+
+def shared_memory_regions(pgid: int) -> set[str]:
+    """The python backend's shared-memory files mapped by the live members of process group
+    `pgid` (Linux /proc): each is that server's own (a fresh UUID per region)."""
+    regions = set()
+    for pid in live_group_members(pgid):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                regions |= {line.split(None, 5)[5].strip() for line in f
+                            if SHM_REGION_PREFIX in line and len(line.split(None, 5)) == 6}
+        except OSError:
+            continue
+    return {r for r in regions if not r.endswith(" (deleted)")}
+
+
+def remove_left_regions(regions: set[str], pgid: int) -> None:
+    """Once no process of the group is left, the regions it held that are still on disk: a stub
+    killed before its clean-up leaves its 1 MiB files in /dev/shm for good."""
+    if live_group_members(pgid):
+        return  # still mapped by something of this server's: never pull a region from under it
+    for path in regions:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            log.debug("removed %s, left behind by tritonserver %d", path, pgid)
 
 
 def live_group_members(pgid: int) -> list[int]:

@@ -254,6 +254,28 @@ def test_corrupt_model_fails_alone(serve_env, tiny_graph, tmp_path, tritonclient
     assert time.monotonic() - began < 120
 
 
+def test_a_killed_server_leaves_no_shared_memory_behind(serve_env, repo):
+    """A crash (SIGKILL to the server and its stubs: the fault runs) leaves the python backend's
+    /dev/shm regions behind unless TritonServer removes them; it removes exactly the ones that
+    server's processes had mapped."""
+    import os
+
+    from subtune.serving.server import ServerOptions, TritonServer, shared_memory_regions
+
+    srv = TritonServer(repo.path, ServerOptions(ready_timeout_s=90), environment=serve_env)
+    try:
+        srv.start()
+        regions = shared_memory_regions(srv.pid)
+        assert regions, "the python backend maps its shared memory in /dev/shm"
+        others = {f"/dev/shm/{n}" for n in os.listdir("/dev/shm") if n.startswith("triton_")} - regions
+        srv.kill()
+        assert group_processes(srv.pid) == []
+        assert [r for r in regions if os.path.exists(r)] == []
+        assert [o for o in others if not os.path.exists(o)] == [], "another server's regions were touched"
+    finally:
+        srv.stop()
+
+
 def test_serve_command_prints_endpoints_and_stops_on_sigterm(serve_env, tiny_graph, tmp_path):
     """`subtune serve MODEL.onnx`: ready, endpoints printed, SIGTERM -> clean exit 0, no process left."""
     import os
