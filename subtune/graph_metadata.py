@@ -89,8 +89,9 @@ def encode(values: Mapping[str, Any], *, complete: bool = False) -> dict[str, st
 
 
 def decode(props: Mapping[str, str], where: str = "the graph") -> dict[str, Any]:
-    """The graph's `subtune.*` metadata as values, checked: a newer schema, a missing required key
-    or a value of the wrong type raise GraphMetadataError naming `where`. Keys this definition
+    """The graph's `subtune.*` metadata as values, checked: a newer schema, a missing required key,
+    a key from a later schema than the graph's stamp or a value of the wrong type raise
+    GraphMetadataError naming `where`. Keys this definition
     does not know are kept as decoded JSON (or the raw string) without a check."""
     found = {k: v for k, v in props.items() if k.startswith(PREFIX)}
     if not found:
@@ -122,6 +123,11 @@ def decode(props: Mapping[str, str], where: str = "the graph") -> dict[str, Any]
     if missing:
         raise GraphMetadataError(f"{where}: the graph's metadata lacks {', '.join(missing)}, which every subtune "
                                  "graph records; compile it again with subtune-compile")
+    for key in sorted(out):  # a key newer than the graph's stamp: a reader of that schema would misread the graph
+        since = int(keys().get(key, {}).get("since", 1))
+        if since > version:
+            raise GraphMetadataError(f"{where}: metadata {key} came with schema {since}, but the graph's metadata "
+                                     f"says schema {version}; compile the graph again")
     for key, value in out.items():
         spec = keys().get(key)
         if spec is not None:

@@ -110,6 +110,9 @@ def test_every_python_reader_refuses_a_newer_schema_and_a_missing_key(graph, tmp
         (rewrite_metadata(graph, tmp_path / "typed.onnx", set={"subtune.input_size": [32]}),
          "metadata subtune.input_size has 1 items, expected 2"),
         (rewrite_metadata(graph, tmp_path / "json.onnx", set={"subtune.outputs": "[base"}), "is not valid JSON"),
+        # a task-select key in a graph stamped schema 1: a schema-1 reader would run it without its `tasks` input
+        (rewrite_metadata(graph, tmp_path / "stamp.onnx", set={"subtune.task_select": {"input": "tasks"}}),
+         "metadata subtune.task_select came with schema 2, but the graph's metadata says schema 1"),
     ]
     for path, message in cases:
         with pytest.raises(SubtuneError) as e:

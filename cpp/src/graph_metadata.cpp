@@ -281,6 +281,14 @@ json decode_graph_metadata(const std::map<std::string, std::string>& props, cons
     throw Error(where + ": the graph's metadata lacks " + list +
                 ", which every subtune graph records; compile it again with subtune-compile");
   }
+  // A key newer than the graph's stamp: a reader of that schema would misread the graph.
+  for (const auto& [key, value] : out.items()) {
+    if (!keys.contains(key)) continue;
+    const int since = keys[key].value("since", 1);
+    if (since > version.get<int64_t>())
+      throw Error(where + ": metadata " + key + " came with schema " + std::to_string(since) +
+                  ", but the graph's metadata says schema " + version.dump() + "; compile the graph again");
+  }
   for (const auto& [key, value] : out.items()) {
     if (!keys.contains(key)) continue;
     std::string problem = check_metadata_value(value, keys[key].at("schema"), key);

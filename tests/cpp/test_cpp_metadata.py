@@ -50,6 +50,8 @@ REFUSED = {
     "missing subtune.verified": lambda src, dst: missing_key(src, dst, "subtune.verified"),
     "schema 0": lambda src, dst: rewrite_metadata(src, dst, set={"subtune.schema": 0}),
     "schema 1.5": lambda src, dst: rewrite_metadata(src, dst, set={"subtune.schema": 1.5}),
+    "a key from a later schema than the stamp": lambda src, dst: rewrite_metadata(
+        src, dst, set={"subtune.schema": 1, "subtune.task_select": {"input": "tasks"}}),
     "verified not JSON": lambda src, dst: rewrite_metadata(src, dst, set={"subtune.verified": "yes"}),
     "verified an integer": lambda src, dst: rewrite_metadata(src, dst, set={"subtune.verified": 1}),
     "input_size of one number": lambda src, dst: rewrite_metadata(src, dst, set={"subtune.input_size": [32]}),
