@@ -110,8 +110,8 @@ _PLAN_FIELDS = frozenset(f.name for f in fields(Plan))
 
 
 class StepView:
-    """The Plan as one step sees it: the fields it declares (reads, writes, may_read, and the
-    report), nothing else. Properties of the Plan (output_names) are computed through the view, so
+    """The Plan as one step sees it: the fields it declares (reads, writes, may_read, may_write,
+    and the report), nothing else. Properties of the Plan (output_names) are computed through the view, so
     they count as reads of the fields they use."""
 
     def __init__(self, plan: Plan, step: Step):
@@ -127,7 +127,7 @@ class StepView:
         if name in _PLAN_FIELDS and name not in step.visible:
             raise StepContractError(f"internal error: compile step {step.name!r} read plan.{name}, which its "
                                     f"declaration does not name (reads {list(step.reads)}, writes {list(step.writes)}, "
-                                    f"may_read {list(step.may_read)})")
+                                    f"may_read {list(step.may_read)}, may_write {list(step.may_write)})")
         return getattr(plan, name)
 
     def __setattr__(self, name: str, value) -> None:
