@@ -141,9 +141,7 @@ class RayPool:
             kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
             try:
                 if self.address is None:
-                    # "local": a new instance on this machine, even where a `ray start` left its address
-                    # in /tmp/ray (plain ray.init() would join that cluster, or fail on a stale one)
-                    ray.init(address="local", **kwargs)
+                    start_local_ray(ray, **kwargs)
                 else:
                     ray.init(address=self.address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -257,6 +255,61 @@ class RayPool:
             name = getattr(item, "key", item)
             raise SubtuneError(f"run {name} lost its worker {self.max_retries + 1} times ({type(e).__name__}); "
                                "what finished is kept: rerun the same command to resume") from None
+
+
+RAY_START_TRIES = 2
+STARTUP_TIMEOUT = "timed out during startup"  # Ray's words when its raylet misses its fixed 30 s to register
+
+
+def start_local_ray(ray, **kwargs) -> None:
+    """`ray.init(address="local", **kwargs)`: a new instance on this machine, even where a `ray
+    start` left its address in /tmp/ray (plain ray.init() would join that cluster, or fail on a
+    stale one). Ray gives the raylet a fixed 30 s to register with its GCS; a fresh CI machine once
+    missed it. Such a start is tried once more after the processes it left are stopped; a second
+    one raises SubtuneError in one line with the end of the raylet's log."""
+    for attempt in range(1, RAY_START_TRIES + 1):
+        try:
+            ray.init(address="local", **kwargs)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for the startup timeout
+            if STARTUP_TIMEOUT not in str(e):
+                raise
+            tail = _raylet_log_tail()
+            try:
+                ray.shutdown()
+            except Exception:  # noqa: BLE001 - nothing was connected; the processes are reaped below
+                pass
+            _reap(_ray_children(), SETTLE_SECONDS)
+            if attempt == RAY_START_TRIES:
+                raise SubtuneError(f"a local Ray instance did not start in {RAY_START_TRIES} tries: its raylet did not "
+                                   f"register within Ray's 30 s (the raylet's log ends: {tail}); check free memory "
+                                   "and /tmp/ray, or run without --ray") from None
+            log.warning("a local Ray instance did not start (its raylet did not register within Ray's 30 s; the "
+                        "raylet's log ends: %s): trying once more", tail)
+
+
+def _raylet_log_tail(limit: int = 200) -> str:
+    path = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp"), "ray", "session_latest", "logs", "raylet.out")
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+    except OSError:
+        return "no raylet log: the raylet was not started"
+    return lines[-1][-limit:] if lines else "an empty raylet log"
+
+
+def _ray_children() -> list[int]:
+    """This process's descendants that are Ray's (GCS server, raylet, agents) after a failed start."""
+    import psutil
+
+    pids = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "ray" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+        except psutil.Error:
+            pass
+    return pids
 
 
 def _local_ray_pids(ray) -> list[int]:

@@ -12,13 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'subtune[ray]')")
 
 from subtune.sweeps import RayExecutor, RunLog  # noqa: E402
+from subtune.sweeps.ray_executor import start_local_ray  # noqa: E402
 from subtune.training.greedy import greedy_select  # noqa: E402
 from subtune.training.profile import RunSpec, SerialExecutor, run_profile, window_scorer  # noqa: E402
 from subtune.training.sources import FASHION_MNIST_DIR  # noqa: E402
@@ -28,57 +28,13 @@ TRAIN = ["--epochs", "3", "--batch-size", "32", "--lr", "0.003"]
 TIMING = ("seconds", "eval_seconds")
 
 
-RAY_START_TRIES = 2
-
-
-def _start_local_ray() -> None:
-    """A fresh local instance (address "local": even where another `ray start` left its address
-    behind) with a small object store (the runs pass kilobytes). Ray gives its raylet a fixed 30 s
-    to register; on a fresh CI machine it once missed that (raylet never registered, every test of
-    the module errored), so a start that times out is retried once after the half-started
-    processes are stopped, and a second failure names the raylet's last log lines."""
-    for attempt in range(1, RAY_START_TRIES + 1):
-        try:
-            ray.init(address="local", num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False,
-                     log_to_driver=False, logging_level="ERROR")
-            return
-        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for the startup timeout
-            if "timed out during startup" not in str(e):
-                raise
-            log_tail = _raylet_log_tail()
-            ray.shutdown()
-            _stop_ray_children()
-            if attempt == RAY_START_TRIES:
-                raise RuntimeError(f"Ray did not start in {RAY_START_TRIES} tries ({e}); the raylet's log: "
-                                   f"{log_tail}") from e
-            warnings.warn(f"Ray did not start ({e}); trying again. The raylet's log: {log_tail}", stacklevel=1)
-
-
-def _raylet_log_tail(lines: int = 8) -> str:
-    path = "/tmp/ray/session_latest/logs/raylet.out"
-    if not os.path.isfile(path):
-        return "(no raylet.out: the raylet was not started)"
-    with open(path, errors="replace") as f:
-        return " | ".join(f.read().splitlines()[-lines:])
-
-
-def _stop_ray_children() -> None:
-    """Ray processes this process started (gcs_server, raylet, agents) that a failed start left."""
-    import psutil
-
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "ray" in " ".join(child.cmdline()):
-                child.kill()
-        except psutil.Error:
-            pass
-
-
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
     if not os.path.isfile(os.path.join(FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")):
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
-    _start_local_ray()
+    # a small object store: the runs pass kilobytes
+    start_local_ray(ray, num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False,
+                    logging_level="ERROR")
     yield
     ray.shutdown()
 
