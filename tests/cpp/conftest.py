@@ -152,14 +152,32 @@ def int64_output_graph(cpp_graph, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def python_session(cpp_graph):
+RUN_TIMEOUT_S = 120
+
+
+def run(cmd, timeout: float = RUN_TIMEOUT_S, **kw) -> subprocess.CompletedProcess:
+    """A built program or a command, its output captured as text, bounded in time."""
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def rel_error(a: np.ndarray, ref: np.ndarray) -> float:
+    """max |a - ref| / max |ref|, as the compiler's verification measures it (0 for empty arrays)."""
+    return float(np.max(np.abs(a - ref)) / max(float(np.max(np.abs(ref))), 1e-12)) if ref.size else 0.0
+
+
+def single_thread_session(graph: Path):
+    """Python's ONNX Runtime on `graph`, the reference the C++ library is compared with."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(cpp_graph), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(graph), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="session")
+def python_session(cpp_graph):
+    return single_thread_session(cpp_graph)
 
 
 def graph_metadata(path: Path) -> dict:

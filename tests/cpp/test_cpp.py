@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
-from tests.cpp.conftest import COARSE, FASHION, SIZE, graph_metadata, python_images
+from tests.cpp.conftest import COARSE, FASHION, SIZE, graph_metadata, python_images, rel_error, run
 
 TOL = 1e-5
 RUNTIMES = ["onnxruntime", "openvino"]  # openvino skips where the build has none (see conftest)
-RUN_TIMEOUT_S = 120
-
-
-def rel_error(a: np.ndarray, ref: np.ndarray) -> float:
-    """max |a - ref| / max |ref|, as the compiler's verification measures it."""
-    return float(np.max(np.abs(a - ref)) / max(float(np.max(np.abs(ref))), 1e-12))
-
-
-def run(cmd, **kw):
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=RUN_TIMEOUT_S, **kw)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

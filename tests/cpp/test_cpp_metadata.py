@@ -5,20 +5,14 @@ as Python's subtune.graph_metadata.decode, with the same line."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import onnx
 import pytest
 
 from subtune import graph_metadata
-from tests.cpp.conftest import ROOT
+from tests.cpp.conftest import ROOT, run
 from tests.metadata_fixtures import missing_key, newer_schema, rewrite_metadata
 
-RUN_TIMEOUT_S = 120
-
-
-def _run(cmd):
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
 
 def _metadata(path) -> dict:
@@ -78,7 +72,7 @@ ACCEPTED = {
 
 
 def test_the_library_embeds_the_repositorys_definition(cpp_build):
-    r = _run([cpp_build.model_test, "definition"])
+    r = run([cpp_build.model_test, "definition"])
     assert r.returncode == 0, r.stderr
     assert r.stdout == (ROOT / "subtune" / "graph_metadata.schema.json").read_text()
 
@@ -89,7 +83,7 @@ def test_the_library_reports_the_schema(cpp_build, cpp_graph, tmp_path):
     from tests.cpp.conftest import SIZE
 
     (tmp_path / "in.f32").write_bytes(np.zeros((1, 3, *SIZE), np.float32).tobytes())
-    r = _run([cpp_build.model_test, "run", cpp_graph, tmp_path / "in.f32", 1, tmp_path])
+    r = run([cpp_build.model_test, "run", cpp_graph, tmp_path / "in.f32", 1, tmp_path])
     assert r.returncode == 0, r.stderr
     got = json.loads((tmp_path / "meta.json").read_text())
     # a plain graph is stamped with the lowest schema that describes it; the library knows the newest
@@ -103,7 +97,7 @@ def test_refused_in_one_line_as_python_refuses_it(cpp_build, cpp_graph, tmp_path
     with pytest.raises(graph_metadata.GraphMetadataError) as python:
         graph_metadata.decode(_metadata(graph), str(graph))
     out = tmp_path / "out.json"
-    r = _run([cpp_build.infer, graph, "--json", out])
+    r = run([cpp_build.infer, graph, "--json", out])
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
     assert r.stderr.splitlines() == [f"subtune-infer: error: {python.value}"], r.stderr
     assert r.stdout == "" and not out.exists()
@@ -118,7 +112,7 @@ def test_accepted_as_python_accepts_it(cpp_build, cpp_graph, tmp_path, case):
     graph = ACCEPTED[case](cpp_graph, tmp_path / "model.onnx")
     decoded = graph_metadata.decode(_metadata(graph), str(graph))
     (tmp_path / "in.f32").write_bytes(np.zeros((2, 3, *SIZE), np.float32).tobytes())
-    r = _run([cpp_build.model_test, "run", graph, tmp_path / "in.f32", 2, tmp_path])
+    r = run([cpp_build.model_test, "run", graph, tmp_path / "in.f32", 2, tmp_path])
     assert r.returncode == 0, r.stderr
     got = json.loads((tmp_path / "meta.json").read_text())
     assert got["schema"] == decoded["subtune.schema"]

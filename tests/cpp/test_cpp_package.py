@@ -21,19 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cpp.conftest import COARSE, FASHION, ROOT, SIZE, ninja_generator, python_images, sdk_dir
+from tests.cpp.conftest import COARSE, FASHION, ROOT, SIZE, ninja_generator, python_images, run, sdk_dir
 
 BUILD_TIMEOUT_S = 600
-RUN_TIMEOUT_S = 120
 TOL = 1e-5
 
 
-def _run(cmd, env=None, timeout=RUN_TIMEOUT_S):
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env=env)
-
-
 def _step(cmd, env=None) -> subprocess.CompletedProcess:
-    r = _run(cmd, env=env, timeout=BUILD_TIMEOUT_S)
+    r = run(cmd, env=env, timeout=BUILD_TIMEOUT_S)
     if r.returncode != 0:
         pytest.fail(f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
     return r
@@ -41,7 +36,7 @@ def _step(cmd, env=None) -> subprocess.CompletedProcess:
 
 def _runpaths(path: Path) -> list[str]:
     """The RUNPATH/RPATH entries of an ELF file (readelf -d)."""
-    r = _run(["readelf", "-d", path])
+    r = run(["readelf", "-d", path])
     assert r.returncode == 0, r.stderr
     found = []
     for line in r.stdout.splitlines():
@@ -52,7 +47,7 @@ def _runpaths(path: Path) -> list[str]:
 
 def _loaded_from(program: Path, library: str, env: dict) -> Path:
     """The file the loader resolves `library` to for `program` (ldd), its symlinks resolved."""
-    r = _run(["ldd", program], env=env)
+    r = run(["ldd", program], env=env)
     for line in r.stdout.splitlines():
         name, _, rest = line.strip().partition(" => ")
         if name == library:
@@ -82,7 +77,7 @@ def _classify_lines(images, python_session) -> list[str]:
 
 def _check_infer_matches_python(infer: Path, graph: Path, images, python_session, tmp_path: Path, env=None):
     out = tmp_path / "infer.json"
-    r = _run([infer, graph, "--image", *images, "--threads", 1, "--json", out], env=env)
+    r = run([infer, graph, "--image", *images, "--threads", 1, "--json", out], env=env)
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     x = python_images(images[0].parent)
@@ -165,7 +160,7 @@ def test_installed_package_builds_a_consumer_with_find_package(cpp_build, cpp_gr
                                 env=env)
 
     classify = _build_consumer(str(prefix), tmp_path / "consumer", cpp_build.env, "-DCMAKE_BUILD_TYPE=Release")
-    r = _run([classify, cpp_graph, *cpp_images])
+    r = run([classify, cpp_graph, *cpp_images])
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == _classify_lines(cpp_images, python_session)
 
@@ -221,7 +216,7 @@ def test_onnxruntime_root_no_build_type_shared_library(cpp_build, cpp_graph, cpp
     # A shared libsubtune consumed with find_package (linking needs no LD_LIBRARY_PATH; running
     # finds ONNX Runtime of one's own the documented way).
     classify = _build_consumer(str(prefix), tmp_path / "consumer", env)
-    r = _run([classify, cpp_graph, *cpp_images], env=run_env)
+    r = run([classify, cpp_graph, *cpp_images], env=run_env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == _classify_lines(cpp_images, python_session)
 

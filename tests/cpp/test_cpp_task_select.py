@@ -6,17 +6,15 @@ base the same bit for bit under every choice), on both runtimes; bad choices ref
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 
-from tests.cpp.conftest import COARSE, SIZE, python_images
+from tests.cpp.conftest import COARSE, SIZE, python_images, rel_error, run, single_thread_session
 
 TOL = 1e-5
 RUNTIMES = ["onnxruntime", "openvino"]  # openvino skips where the build has none (see conftest)
 TASKS = ["fashion10", "coarse4"]  # the graph's tasks, in output order: the mask's columns
-RUN_TIMEOUT_S = 120
 
 # (spec for subtune-model-test select, the mask each image gets: one row per image of the batch)
 CHOICES = {
@@ -27,22 +25,9 @@ CHOICES = {
 }
 
 
-def run(cmd, **kw):
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=RUN_TIMEOUT_S, **kw)
-
-
-def rel_error(a: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.max(np.abs(a - ref)) / max(float(np.max(np.abs(ref))), 1e-12)) if ref.size else 0.0
-
-
 @pytest.fixture(scope="module")
 def select_session(task_select_graph):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(task_select_graph), sess_options=opts, providers=["CPUExecutionProvider"])
+    return single_thread_session(task_select_graph)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
