@@ -24,16 +24,15 @@ import onnx_ir as ir
 import torch
 
 from subtune.errors import SubtuneError
+# one definition of when a graph no longer fits one protobuf message, for the compiler and quantisation alike
+from subtune.quantization.files import EXTERNAL_DATA_THRESHOLD, PROTOBUF_LIMIT, weight_bytes  # noqa: F401
+from subtune.quantization.files import too_large as needs_external_data
 
 OPSET = 20  # the newest opset TensorRT 10's parser accepts
 MAX_BATCH = 4096  # the dynamic batch's upper bound torch.export is told
 PRIVATE_EXPORTER_TORCH = "2.14"  # the torch release _private_exporter's entry was written against
 _PRIVATE_EXPORTER_ARGUMENTS = {"registry", "dynamic_shapes", "input_names", "output_names", "opset_version", "optimize",
                                "verbose"}
-PROTOBUF_LIMIT = 2**31  # bytes: protobuf refuses to serialize a larger message
-# Weights above this go to an external data file: the rest of the graph (nodes, names, metadata)
-# must fit in the margin, which is generous for any graph subtune makes (a few MB).
-EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT - 2**27
 EXTERNAL_DATA_SUFFIX = ".data"  # model.onnx -> model.onnx.data
 
 log = logging.getLogger("subtune")
@@ -114,20 +113,6 @@ def _quiet_loggers():
 
 
 # --------------------------------------------------------------------------- ONNX files
-
-
-def weight_bytes(model: ir.Model) -> int:
-    """Bytes of the graph's initializers (what decides whether it fits in one file)."""
-    total = 0
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if tensor is not None:
-            total += tensor.nbytes
-    return total
-
-
-def needs_external_data(model: ir.Model) -> bool:
-    return weight_bytes(model) >= EXTERNAL_DATA_THRESHOLD
 
 
 def external_data_path(path: str | os.PathLike) -> Path:

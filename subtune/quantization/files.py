@@ -1,7 +1,7 @@
 """Graphs as ONNX Runtime and its quantisation tools load them: one serialized message, or, for a
 graph whose weights pass protobuf's 2 GiB, a file in a temporary folder with its weights beside it
-as ONNX external data. The threshold is compiler/export.py's (tests/quantization/test_files.py
-holds the two equal); this package sits below the compiler and cannot import it.
+as ONNX external data. The limit and the threshold are defined here once; the compiler's writer
+(compiler/export.py, a layer above) uses them too.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from pathlib import Path
 import onnx_ir as ir
 
 PROTOBUF_LIMIT = 2**31  # bytes: protobuf refuses to serialize a larger message
-EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT - 2**27  # weights above this go to an external data file
+# Weights above this go to an external data file: the rest of the graph (nodes, names, metadata)
+# must fit in the margin, which is generous for any graph subtune makes (a few MB).
+EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT - 2**27
 
 
 def weight_bytes(model: ir.Model) -> int:
+    """Bytes of the graph's initializers (what decides whether it fits in one message)."""
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
