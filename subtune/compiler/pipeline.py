@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import TYPE_CHECKING, Callable
 
 import onnx_ir as ir
@@ -97,7 +98,7 @@ class Step:
     def missing(self, plan: Plan) -> list[str]:
         return [f for f in self.reads if getattr(plan, f) is None]
 
-    @property
+    @cached_property
     def visible(self) -> frozenset[str]:
         return frozenset((*self.reads, *self.writes, *self.may_read, *self.may_write, "report"))
 
