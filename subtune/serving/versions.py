@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from subtune.errors import SubtuneError
+from subtune.runtimes.tensorrt import file_sha256
 from subtune.serving.graph import GraphInfo, read_graph
 from subtune.serving.repository import (ENSEMBLE_GRAPH_PARAMETER, ENSEMBLE_PREPROCESS_PARAMETER, GRAPH_FILE_PARAMETER,
                                         HISTORY_PARAMETER, ensemble_outputs, graph_inputs, graph_outputs,
@@ -273,14 +274,6 @@ def _served(model: ModelEntry) -> tuple[int, list[int]]:
                                f"version policy serves {served}; fix config.pbtxt")
         history = recorded
     return served, history
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def graph_files(graph: GraphInfo) -> list[Path]:
